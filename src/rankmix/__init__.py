@@ -1,0 +1,27 @@
+"""rankmix: multi-task PEFT with mixtures of low-rank experts (MoRE, HiLo and baselines)."""
+
+__version__ = "0.1.0"
+
+from .config import (  # noqa: E402
+    HiLoConfig,
+    LoRAConfig,
+    MoELoRAConfig,
+    MoLAConfig,
+    MoREConfig,
+    MultiLoRAConfig,
+    load_config,
+)
+from .model import RankMixModel, get_model  # noqa: E402
+
+__all__ = [
+    "HiLoConfig",
+    "LoRAConfig",
+    "MoELoRAConfig",
+    "MoLAConfig",
+    "MoREConfig",
+    "MultiLoRAConfig",
+    "RankMixModel",
+    "__version__",
+    "get_model",
+    "load_config",
+]

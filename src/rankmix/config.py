@@ -1,0 +1,340 @@
+"""Adapter configurations, one dataclass per method, validated on construction; JSON/YAML in and out."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from .allocation import Profile, parse_profile, per_layer
+
+SCALINGS = ("rank", "rslora", "constant")
+POOLINGS = ("first", "mean")
+
+
+@dataclass
+class AdapterConfig:
+    """Fields every method accepts. Subclasses set the class-level facts the model builder reads."""
+
+    method: ClassVar[str] = ""
+    routing: ClassVar[str] = "none"  # none | task | task_soft | rank | token
+    nested: ClassVar[bool] = False  # experts are prefixes of one max-rank LoRA (MoRE)
+
+    target_modules: str | list[str] = field(
+        default="all-linear",
+        metadata={"help": "module names (suffix match), a regex (full match), or 'all-linear'"},
+    )
+    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha; see `scaling`"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input"})
+    scaling: str = field(
+        default="rank",
+        metadata={
+            "help": "'rank': alpha/r per expert; 'rslora': alpha/sqrt(r); "
+            "'constant': alpha/largest rank for every expert (MoRE's alpha/R, HiLo's alpha=2r style)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- validation -------------------------------------------------------------------------------
+    def validate(self) -> None:
+        if isinstance(self.target_modules, (list, tuple)):
+            if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
+                raise ValueError(
+                    f"target_modules must be a non-empty list of module names, got {self.target_modules!r}"
+                )
+            self.target_modules = list(self.target_modules)
+        elif not isinstance(self.target_modules, str) or not self.target_modules:
+            raise ValueError(
+                f"target_modules must be names, a regex or 'all-linear', got {self.target_modules!r}"
+            )
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"scaling must be one of {SCALINGS}, got {self.scaling!r}")
+
+    # -- what the model builder asks ----------------------------------------------------------------
+    @property
+    def task_names(self) -> list[str]:
+        return list(getattr(self, "tasks", []))
+
+    @property
+    def needs_task_ids(self) -> bool:
+        return self.routing in ("task", "task_soft", "rank")
+
+    @property
+    def uses_layer_profile(self) -> bool:
+        """True when experts or ranks vary by layer, so every adapted module needs a layer index."""
+        return False
+
+    def expert_ranks(self, layer: int | None, n_layers: int) -> list[int]:
+        """The rank of each expert in the module at `layer` (of `n_layers`)."""
+        raise NotImplementedError  # every concrete config defines it
+
+    def largest_rank(self) -> int:
+        raise NotImplementedError  # every concrete config defines it
+
+    def expert_scales(self, ranks: list[int]) -> list[float]:
+        if self.scaling == "rank":
+            return [self.alpha / r for r in ranks]
+        if self.scaling == "rslora":
+            return [self.alpha / math.sqrt(r) for r in ranks]
+        return [self.alpha / self.largest_rank() for _ in ranks]
+
+    def aux_weights(self) -> dict[str, float]:
+        """Weights of the auxiliary losses this method adds to the task loss."""
+        return {}
+
+    # -- serialization ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **dataclasses.asdict(self)}
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        data = self.to_dict()
+        text = yaml.safe_dump(data, sort_keys=False) if path.suffix in (".yaml", ".yml") else json.dumps(data, indent=2)
+        path.write_text(text)
+
+
+def _check_tasks(tasks: list[str]) -> list[str]:
+    if isinstance(tasks, str) or not tasks or not all(isinstance(t, str) and t for t in tasks):
+        raise ValueError(f"tasks must be a non-empty list of task names, e.g. ['rte', 'mrpc'], got {tasks!r}")
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"tasks must be distinct, got {tasks!r}")
+    return list(tasks)
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class LoRAConfig(AdapterConfig):
+    """One LoRA shared by all tasks."""
+
+    method: ClassVar[str] = "lora"
+    r: int = 8
+
+    def validate(self) -> None:
+        super().validate()
+        _check_positive("r", self.r)
+
+    def expert_ranks(self, layer: int | None, n_layers: int) -> list[int]:
+        return [self.r]
+
+    def largest_rank(self) -> int:
+        return self.r
+
+
+@dataclass
+class MultiLoRAConfig(AdapterConfig):
+    """One LoRA per task, chosen by the task id."""
+
+    method: ClassVar[str] = "multilora"
+    routing: ClassVar[str] = "task"
+    tasks: list[str] = field(default_factory=list)
+    r: int = 8
+
+    def validate(self) -> None:
+        super().validate()
+        self.tasks = _check_tasks(self.tasks)
+        _check_positive("r", self.r)
+
+    def expert_ranks(self, layer: int | None, n_layers: int) -> list[int]:
+        return [self.r] * len(self.tasks)
+
+    def largest_rank(self) -> int:
+        return self.r
+
+
+@dataclass
+class MoELoRAConfig(AdapterConfig):
+    """E experts mixed by a soft gate over a learned task embedding (dense, task-deterministic)."""
+
+    method: ClassVar[str] = "moelora"
+    routing: ClassVar[str] = "task_soft"
+    tasks: list[str] = field(default_factory=list)
+    experts: int = 8
+    rank: int = 8
+    task_embedding_dim: int = 64
+
+    def validate(self) -> None:
+        super().validate()
+        self.tasks = _check_tasks(self.tasks)
+        _check_positive("experts", self.experts)
+        _check_positive("rank", self.rank)
+        _check_positive("task_embedding_dim", self.task_embedding_dim)
+
+    def expert_ranks(self, layer: int | None, n_layers: int) -> list[int]:
+        return [self.rank] * self.experts
+
+    def largest_rank(self) -> int:
+        return self.rank
+
+
+@dataclass
+class _TokenRoutedConfig(AdapterConfig):
+    """Experts chosen per token by a router: top-k, or dynamic top-p with at most k experts."""
+
+    routing: ClassVar[str] = "token"
+    experts: Profile = "2468"
+    top_k: int = 2
+    top_p: float | None = None
+    balance_weight: float = 0.01
+
+    def validate(self) -> None:
+        super().validate()
+        fewest = min(parse_profile(self.experts, "experts"))
+        _check_positive("top_k", self.top_k)
+        if self.top_k > fewest:
+            raise ValueError(
+                f"top_k={self.top_k} is larger than the number of experts in some layers "
+                f"(as few as {fewest} in experts={self.experts!r}); lower top_k or give every layer more experts"
+            )
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] (or None for plain top-k), got {self.top_p}")
+        if self.balance_weight < 0:
+            raise ValueError(f"balance_weight must be >= 0 (0 disables it), got {self.balance_weight}")
+
+    @property
+    def uses_layer_profile(self) -> bool:
+        return True
+
+    def layer_rank(self, layer: int, n_layers: int) -> int:
+        raise NotImplementedError  # every concrete config defines it
+
+    def expert_ranks(self, layer: int | None, n_layers: int) -> list[int]:
+        n = per_layer(self.experts, n_layers, "experts")[layer]
+        return [self.layer_rank(layer, n_layers)] * n
+
+    def aux_weights(self) -> dict[str, float]:
+        return {"balance": self.balance_weight}
+
+
+@dataclass
+class MoLAConfig(_TokenRoutedConfig):
+    """MoLA / MixLoRA: per-layer number of experts (a profile, or one int for all), one rank."""
+
+    method: ClassVar[str] = "mola"
+    rank: int = 8
+
+    def validate(self) -> None:
+        super().validate()
+        _check_positive("rank", self.rank)
+
+    def layer_rank(self, layer: int, n_layers: int) -> int:
+        return self.rank
+
+    def largest_rank(self) -> int:
+        return self.rank
+
+
+@dataclass
+class HiLoConfig(_TokenRoutedConfig):
+    """HiLo: per-layer number *and* rank of experts."""
+
+    method: ClassVar[str] = "hilo"
+    ranks: Profile = "2468"
+
+    def validate(self) -> None:
+        super().validate()
+        parse_profile(self.ranks, "ranks")
+
+    def layer_rank(self, layer: int, n_layers: int) -> int:
+        return per_layer(self.ranks, n_layers, "ranks")[layer]
+
+    def largest_rank(self) -> int:
+        return max(parse_profile(self.ranks, "ranks"))
+
+
+@dataclass
+class MoREConfig(AdapterConfig):
+    """MoRE: nested experts of ranks 1..max_rank, one chosen per task by a trained selector."""
+
+    method: ClassVar[str] = "more"
+    routing: ClassVar[str] = "rank"
+    nested: ClassVar[bool] = True
+    tasks: list[str] = field(default_factory=list)
+    max_rank: int = 8
+    alpha: float = 32.0
+    dropout: float = 0.1
+    scaling: str = "constant"
+    ranks: list[int] | None = field(
+        default=None, metadata={"help": "subset of 1..max_rank offered as experts (default: all)"}
+    )
+    linear_scaling: bool = field(default=True, metadata={"help": "multiply component j of A and B by j/R"})
+    contrastive_weight: float = 0.1
+    temperature: float = 0.05
+    pooling: str = field(
+        default="first", metadata={"help": "'first' token (paper) or 'mean' over positions for L_cl"}
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        self.tasks = _check_tasks(self.tasks)
+        _check_positive("max_rank", self.max_rank)
+        if self.ranks is not None:
+            ranks = sorted(set(self.ranks))
+            if not ranks or any(isinstance(r, bool) or not isinstance(r, int) for r in ranks):
+                raise ValueError(f"ranks must be a list of integers in 1..max_rank, got {self.ranks!r}")
+            if ranks[0] <= 0 or ranks[-1] > self.max_rank:
+                raise ValueError(
+                    f"ranks must lie in 1..max_rank={self.max_rank}, got {self.ranks}; "
+                    "raise max_rank or drop the out-of-range ranks"
+                )
+            self.ranks = ranks
+        if self.contrastive_weight < 0:
+            raise ValueError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+
+    def expert_ranks(self, layer: int | None, n_layers: int) -> list[int]:
+        return list(self.ranks) if self.ranks is not None else list(range(1, self.max_rank + 1))
+
+    def largest_rank(self) -> int:
+        return max(self.expert_ranks(None, 0))
+
+    def aux_weights(self) -> dict[str, float]:
+        return {"contrastive": self.contrastive_weight}
+
+
+CONFIGS: dict[str, type[AdapterConfig]] = {
+    c.method: c for c in (LoRAConfig, MultiLoRAConfig, MoELoRAConfig, MoLAConfig, HiLoConfig, MoREConfig)
+}
+
+
+def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
+    """Build the config named by data['method']; unknown keys get a 'did you mean' error."""
+    data = dict(data)
+    method = data.pop("method", None)
+    if method not in CONFIGS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(CONFIGS)}")
+    cls = CONFIGS[method]
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {sorted(known)}"
+            raise ValueError(f"{cls.__name__} has no option {key!r}{hint}")
+    return cls(**data)
+
+
+def load_config(path: str | Path) -> AdapterConfig:
+    """Read a config written by `AdapterConfig.save` (JSON or YAML)."""
+    text = Path(path).read_text()
+    data = yaml.safe_load(text) if Path(path).suffix in (".yaml", ".yml") else json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config options, got {type(data).__name__}")
+    return config_from_dict(data)

@@ -1,0 +1,8 @@
+"""Pure-torch building blocks: expert banks, routers and the adapted linear layer."""
+
+from .experts import ExpertBank
+from .linear import AdaptedLinear, RoutingContext
+from .routers import SharedRouter, TaskRankSelector, TaskRouter, TokenRouter
+
+__all__ = ["AdaptedLinear", "ExpertBank", "RoutingContext", "SharedRouter", "TaskRankSelector", "TaskRouter",
+           "TokenRouter"]

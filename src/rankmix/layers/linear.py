@@ -1,0 +1,73 @@
+"""AdaptedLinear: a frozen base linear layer plus an expert bank and its router."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .experts import ExpertBank
+
+
+@dataclass
+class RoutingContext:
+    """Per-forward state shared by all adapted layers of one model: the batch's task ids, and the
+    auxiliary losses the layers report while `collect` is on."""
+
+    task_ids: torch.Tensor | None = None
+    collect: bool = False
+    aux: list[tuple[str, torch.Tensor]] = field(default_factory=list)
+
+    def task_ids_for(self, batch_size: int) -> torch.Tensor | None:
+        """Task ids matching a batch that generation may have expanded (beams, sampled sequences)."""
+        ids = self.task_ids
+        if ids is None or ids.shape[0] == batch_size:
+            return ids
+        if batch_size % ids.shape[0] == 0:
+            return ids.repeat_interleave(batch_size // ids.shape[0])
+        raise ValueError(
+            f"task_ids has {ids.shape[0]} entries but the layer sees a batch of {batch_size}; "
+            "pass one task id per example"
+        )
+
+
+class AdaptedLinear(nn.Module):
+    """`base_layer(x) + bank(x, router gates)`. `fan_in_fan_out` marks a base layer that stores its
+    weight as (d_in, d_out), like GPT-2's Conv1D."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        bank: ExpertBank,
+        router: nn.Module,
+        context: RoutingContext,
+        fan_in_fan_out: bool = False,
+    ) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.bank = bank
+        self.router = router
+        self.fan_in_fan_out = fan_in_fan_out
+        self._context = context  # shared, not a submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        xa = x.to(self.bank.lora_A.dtype)
+        gates, aux = self.router(xa, self._context.task_ids_for(x.shape[0]))
+        if self._context.collect:
+            self._context.aux.extend(aux.items())
+        return result + self.bank(xa, gates).to(result.dtype)
+
+    def task_factors(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A_t, B_t): the plain LoRA this layer computes for `task`, scaling folded into B_t."""
+        return self.bank.factors(self.router.task_gates(task))
+
+    def delta_weight(self, task: int) -> torch.Tensor:
+        """The weight update for `task`, in the base layer's weight layout."""
+        a, b = self.task_factors(task)
+        delta = b @ a
+        return delta.t() if self.fan_in_fan_out else delta
+
+    def active_rank(self) -> float:
+        return self.router.active_rank(self.bank.ranks)

@@ -1,0 +1,162 @@
+"""Routers: map a module's input and the batch's task ids to per-expert gate weights.
+
+Every router is called as `router(x, task_ids) -> (gates, aux)`: gates broadcast against x's
+leading dimensions, aux is a dict of unweighted auxiliary losses (possibly empty). Routers
+that depend on the task alone also give `task_gates(task)` so the layer can be merged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _per_example(gates: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(batch, E) -> (batch, 1, ..., 1, E) so that one gate row serves every position of an example."""
+    return gates.view(gates.shape[0], *([1] * (x.dim() - 2)), gates.shape[-1])
+
+
+def _require(task_ids: torch.Tensor | None) -> torch.Tensor:
+    if task_ids is None:
+        raise ValueError("this adapter routes by task: pass task_ids (one int per example) to the forward call")
+    return task_ids
+
+
+class SharedRouter(nn.Module):
+    """A single expert used by every token and task (plain LoRA)."""
+
+    def forward(self, x: torch.Tensor, task_ids: torch.Tensor | None) -> tuple[None, dict]:
+        return None, {}
+
+    def task_gates(self, task: int) -> None:
+        return None
+
+    def active_rank(self, ranks: list[int]) -> float:
+        return float(sum(ranks))
+
+
+class TaskRouter(nn.Module):
+    """Gates from the task alone: hard (expert t for task t, Multi-LoRA) or a soft softmax gate over a
+    learned task embedding (MoELoRA)."""
+
+    def __init__(self, n_tasks: int, n_experts: int, embedding_dim: int | None = None) -> None:
+        super().__init__()
+        self.n_experts = n_experts
+        self.soft = embedding_dim is not None
+        if self.soft:
+            self.task_embedding = nn.Parameter(torch.randn(n_tasks, embedding_dim) * 0.01)
+            self.gate = nn.Linear(embedding_dim, n_experts)
+        elif n_tasks != n_experts:
+            raise ValueError(f"hard task routing needs one expert per task: {n_tasks} tasks, {n_experts} experts")
+
+    def table(self) -> torch.Tensor:
+        """(n_tasks, n_experts) gate weights of every task."""
+        if self.soft:
+            return F.softmax(self.gate(self.task_embedding), dim=-1)
+        return torch.eye(self.n_experts)
+
+    def forward(self, x: torch.Tensor, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        task_ids = _require(task_ids)
+        if self.soft:
+            return _per_example(self.table()[task_ids], x), {}
+        return _per_example(F.one_hot(task_ids, self.n_experts).to(x.dtype), x), {}
+
+    def task_gates(self, task: int) -> torch.Tensor:
+        return self.table()[task].detach()
+
+    def active_rank(self, ranks: list[int]) -> float:
+        return float(sum(ranks)) if self.soft else sum(ranks) / len(ranks)
+
+
+class TaskRankSelector(nn.Module):
+    """MoRE's adaptive rank selector: per-task embedding, softmax gate over nested experts, top-1 with a
+    straight-through estimator (forward uses weight exactly 1 on the chosen expert, gradient reaches the
+    gate and embeddings), and a contrastive loss that ties each task embedding to its inputs."""
+
+    def __init__(
+        self, d_in: int, n_tasks: int, n_experts: int, temperature: float = 0.05, pooling: str = "first"
+    ) -> None:
+        super().__init__()
+        self.task_embedding = nn.Parameter(torch.randn(n_tasks, d_in) * 0.01)
+        self.gate = nn.Linear(d_in, n_experts)
+        self.temperature = temperature
+        self.pooling = pooling
+
+    def probs(self) -> torch.Tensor:
+        """(n_tasks, n_experts) selection probabilities."""
+        return F.softmax(self.gate(self.task_embedding), dim=-1)
+
+    def selected(self) -> torch.Tensor:
+        """Index of the chosen expert for every task."""
+        return self.probs().argmax(dim=-1)
+
+    def forward(self, x: torch.Tensor, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        task_ids = _require(task_ids)
+        p = self.probs()[task_ids]
+        hard = F.one_hot(p.argmax(dim=-1), p.shape[-1]).to(p.dtype)
+        gates = p - p.detach() + hard
+        return _per_example(gates, x), {"contrastive": self.contrastive_loss(x, task_ids)}
+
+    def contrastive_loss(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            pooled = x
+        else:
+            pooled = x[:, 0] if self.pooling == "first" else x.mean(dim=1)
+        z = F.normalize(pooled.float(), dim=-1)
+        u = F.normalize(self.task_embedding.float(), dim=-1)
+        return F.cross_entropy(z @ u.t() / self.temperature, task_ids)
+
+    def task_gates(self, task: int) -> torch.Tensor:
+        return F.one_hot(self.selected()[task], self.gate.out_features).float()
+
+    def active_rank(self, ranks: list[int]) -> float:
+        chosen = self.selected().tolist()
+        return sum(ranks[k] for k in chosen) / len(chosen)
+
+
+class TokenRouter(nn.Module):
+    """Token-level router (MoLA, MixLoRA, HiLo): softmax over experts, then top-k renormalized, or
+    dynamic top-p: the smallest set of top experts whose mass reaches p, at most k. Returns the
+    Switch-style balance loss N * sum_i f_i P_i and counts how often each expert is used."""
+
+    def __init__(self, d_in: int, n_experts: int, top_k: int, top_p: float | None = None) -> None:
+        super().__init__()
+        if not 1 <= top_k <= n_experts:
+            raise ValueError(f"top_k must be in 1..{n_experts} (the number of experts), got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        self.gate = nn.Linear(d_in, n_experts, bias=False)
+        self.top_k = top_k
+        self.top_p = top_p
+        self.register_buffer("load", torch.zeros(n_experts), persistent=False)
+        self.register_buffer("tokens", torch.zeros(()), persistent=False)
+
+    def forward(self, x: torch.Tensor, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        probs = F.softmax(self.gate(x).float(), dim=-1)
+        top_vals, top_idx = probs.topk(self.top_k, dim=-1)
+        if self.top_p is not None:
+            mass_before = top_vals.cumsum(dim=-1) - top_vals
+            top_vals = top_vals * (mass_before < self.top_p)
+        top_vals = top_vals / top_vals.sum(dim=-1, keepdim=True)
+        gates = torch.zeros_like(probs).scatter(-1, top_idx, top_vals)
+        chosen = (gates > 0).to(probs.dtype).reshape(-1, probs.shape[-1])
+        fraction = chosen.sum(0) / chosen.sum()
+        balance = probs.shape[-1] * (fraction * probs.reshape(-1, probs.shape[-1]).mean(0)).sum()
+        with torch.no_grad():
+            self.load += chosen.sum(0)
+            self.tokens += chosen.shape[0]
+        return gates, {"balance": balance}
+
+    def task_gates(self, task: int) -> torch.Tensor:
+        raise ValueError(
+            "token-routed experts depend on each token, not on the task: this adapter cannot be merged "
+            "or exported per task. Use MoRE, Multi-LoRA, MoELoRA or LoRA for per-task merging"
+        )
+
+    def active_rank(self, ranks: list[int]) -> float:
+        return float(sum(sorted(ranks)[-self.top_k :]))
+
+    def reset_stats(self) -> None:
+        self.load.zero_()
+        self.tokens.zero_()
