@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .config import (  # noqa: E402
+from .config import (
     HiLoConfig,
     LoRAConfig,
     MoELoRAConfig,
@@ -11,7 +11,7 @@ from .config import (  # noqa: E402
     MultiLoRAConfig,
     load_config,
 )
-from .model import RankMixModel, get_model  # noqa: E402
+from .model import RankMixModel, get_model
 
 __all__ = [
     "HiLoConfig",

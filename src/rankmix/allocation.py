@@ -10,7 +10,9 @@ Profile = int | str | Sequence[int]
 def parse_profile(profile: Profile, what: str) -> list[int]:
     """Turn a profile into its list of positive integers (per group for strings, per layer for lists)."""
     if isinstance(profile, bool):
-        raise ValueError(f"{what}: expected a profile like '2468', '2,4,6,8' or a list of ints, got {profile!r}")
+        raise ValueError(
+            f"{what}: expected a profile like '2468', '2,4,6,8' or a list of ints, got {profile!r}"
+        )
     if isinstance(profile, int):
         values = [profile]
     elif isinstance(profile, str):
@@ -23,10 +25,14 @@ def parse_profile(profile: Profile, what: str) -> list[int]:
                 f"{what}: cannot read profile {profile!r}; write one digit per layer group ('2468') "
                 "or comma-separated integers ('2,4,6,8,16')"
             ) from None
-    else:
+    elif isinstance(profile, Sequence):
         values = list(profile)
         if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             raise ValueError(f"{what}: a list profile needs one integer per layer, got {profile!r}")
+    else:
+        raise ValueError(
+            f"{what}: expected a profile like '2468', '2,4,6,8' or a list of ints, got {profile!r}"
+        )
     if not values:
         raise ValueError(f"{what}: the profile is empty; give at least one value, e.g. '8'")
     if any(v <= 0 for v in values):
@@ -35,13 +41,13 @@ def parse_profile(profile: Profile, what: str) -> list[int]:
 
 
 def group_sizes(n_layers: int, n_groups: int) -> list[int]:
-    """Split n_layers into n_groups contiguous groups as evenly as possible (earlier groups take the extra)."""
+    """Split n_layers into n_groups contiguous groups as evenly as possible; earlier groups take the extra."""
     base, extra = divmod(n_layers, n_groups)
     return [base + (1 if g < extra else 0) for g in range(n_groups)]
 
 
 def per_layer(profile: Profile, n_layers: int, what: str) -> list[int]:
-    """One value per layer: a string or int profile is spread over layer groups, a list must match the layers."""
+    """One value per layer: a string or int profile spreads over layer groups; a list gives every layer."""
     values = parse_profile(profile, what)
     if not isinstance(profile, (str, int)):
         if len(values) != n_layers:

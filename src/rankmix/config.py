@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,6 +16,23 @@ import yaml
 from .allocation import Profile, parse_profile, per_layer
 
 SCALINGS = ("rank", "rslora", "constant")
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` (no dot) as a float, as people write it in recipes."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)
+
+
 POOLINGS = ("first", "mean")
 
 
@@ -101,7 +119,11 @@ class AdapterConfig:
     def save(self, path: str | Path) -> None:
         path = Path(path)
         data = self.to_dict()
-        text = yaml.safe_dump(data, sort_keys=False) if path.suffix in (".yaml", ".yml") else json.dumps(data, indent=2)
+        text = (
+            yaml.safe_dump(data, sort_keys=False)
+            if path.suffix in (".yaml", ".yml")
+            else json.dumps(data, indent=2)
+        )
         path.write_text(text)
 
 
@@ -195,15 +217,18 @@ class _TokenRoutedConfig(AdapterConfig):
     def validate(self) -> None:
         super().validate()
         fewest = min(parse_profile(self.experts, "experts"))
+        if isinstance(self.experts, tuple):
+            self.experts = list(self.experts)
         _check_positive("top_k", self.top_k)
         if self.top_k > fewest:
             raise ValueError(
                 f"top_k={self.top_k} is larger than the number of experts in some layers "
-                f"(as few as {fewest} in experts={self.experts!r}); lower top_k or give every layer more experts"
+                f"(as few as {fewest} in experts={self.experts!r}); "
+                "lower top_k or give every layer more experts"
             )
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1] (or None for plain top-k), got {self.top_p}")
-        if self.balance_weight < 0:
+        if not self.balance_weight >= 0:
             raise ValueError(f"balance_weight must be >= 0 (0 disables it), got {self.balance_weight}")
 
     @property
@@ -249,6 +274,8 @@ class HiLoConfig(_TokenRoutedConfig):
     def validate(self) -> None:
         super().validate()
         parse_profile(self.ranks, "ranks")
+        if isinstance(self.ranks, tuple):
+            self.ranks = list(self.ranks)
 
     def layer_rank(self, layer: int, n_layers: int) -> int:
         return per_layer(self.ranks, n_layers, "ranks")[layer]
@@ -284,16 +311,20 @@ class MoREConfig(AdapterConfig):
         self.tasks = _check_tasks(self.tasks)
         _check_positive("max_rank", self.max_rank)
         if self.ranks is not None:
-            ranks = sorted(set(self.ranks))
-            if not ranks or any(isinstance(r, bool) or not isinstance(r, int) for r in ranks):
+            if (
+                not isinstance(self.ranks, (list, tuple))
+                or not self.ranks
+                or any(isinstance(r, bool) or not isinstance(r, int) for r in self.ranks)
+            ):
                 raise ValueError(f"ranks must be a list of integers in 1..max_rank, got {self.ranks!r}")
+            ranks = sorted(set(self.ranks))
             if ranks[0] <= 0 or ranks[-1] > self.max_rank:
                 raise ValueError(
                     f"ranks must lie in 1..max_rank={self.max_rank}, got {self.ranks}; "
                     "raise max_rank or drop the out-of-range ranks"
                 )
             self.ranks = ranks
-        if self.contrastive_weight < 0:
+        if not self.contrastive_weight >= 0:
             raise ValueError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
@@ -334,7 +365,7 @@ def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
 def load_config(path: str | Path) -> AdapterConfig:
     """Read a config written by `AdapterConfig.save` (JSON or YAML)."""
     text = Path(path).read_text()
-    data = yaml.safe_load(text) if Path(path).suffix in (".yaml", ".yml") else json.loads(text)
+    data = read_yaml(text) if Path(path).suffix in (".yaml", ".yml") else json.loads(text)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of config options, got {type(data).__name__}")
     return config_from_dict(data)

