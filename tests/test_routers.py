@@ -321,7 +321,7 @@ def test_contrastive_loss_matches_formula(pooling, seed):
 
 
 def test_contrastive_pooling_modes_differ():
-    """"first" and "mean" pooling really read different positions (guards against one mode ignoring it)."""
+    """ "first" and "mean" pooling really read different positions (guards against one mode ignoring it)."""
     first = selector(0, pooling="first")
     mean = selector(0, pooling="mean")
     x = torch.randn(4, 6, 6, dtype=torch.float64)
@@ -356,7 +356,9 @@ def test_more_selector_trains_and_selection_changes(optimizer):
         target = base(x) + bank(x, F.one_hot(torch.tensor(3), 8).double())
     trainable = [sel.gate.weight, sel.gate.bias, sel.task_embedding]
     assert sorted(n for n, p in layer.named_parameters() if p.requires_grad) == [
-        "router.gate.bias", "router.gate.weight", "router.task_embedding"
+        "router.gate.bias",
+        "router.gate.weight",
+        "router.task_embedding",
     ]
     opt = torch.optim.Adam(trainable, lr=0.05) if optimizer == "adam" else torch.optim.SGD(trainable, lr=1.0)
 
@@ -436,7 +438,8 @@ def test_shared_router():
 
 
 @pytest.mark.parametrize(
-    "router", [TaskRouter(2, 2), TaskRouter(2, 3, embedding_dim=4), TaskRankSelector(4, 2, 3)],
+    "router",
+    [TaskRouter(2, 2), TaskRouter(2, 3, embedding_dim=4), TaskRankSelector(4, 2, 3)],
     ids=["hard", "soft", "selector"],
 )
 def test_task_routers_require_task_ids(router):

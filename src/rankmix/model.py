@@ -127,6 +127,7 @@ class RankMixModel(nn.Module):
         self.base_model = model
         self.adapter_config = config
         self._context = RoutingContext()
+        self._base_trainable = [p.requires_grad for p in model.parameters()]
         for p in model.parameters():
             p.requires_grad_(False)
         targets = find_targets(model, config.target_modules)
@@ -302,13 +303,17 @@ class RankMixModel(nn.Module):
         return stats
 
     # -- files ------------------------------------------------------------------------------------
-    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        state = {}
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        """Every adapter parameter (banks and routers) under its PEFT-style file key."""
+        params = {}
         for name, m in self.adapted_modules():
             for part in ("bank", "router"):
                 for pname, p in getattr(m, part).named_parameters():
-                    state[f"base_model.model.{name}.{part}.{pname}"] = p.detach()
-        return state
+                    params[f"base_model.model.{name}.{part}.{pname}"] = p
+        return params
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: p.detach() for k, p in self.adapter_parameters().items()}
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """adapter_config.json (versioned) and adapter_model.safetensors, each written atomically."""
@@ -354,28 +359,34 @@ class RankMixModel(nn.Module):
                 f"{weights_file} is corrupted or truncated ({e}); save the adapter again"
             ) from None
         rank_model = cls(model, config_from_dict(meta["adapter"]))
-        expected = rank_model.adapter_state_dict()
+        try:
+            rank_model._load_adapter(tensors, weights_file, meta.get("base_model_name_or_path"))
+        except ValueError:
+            rank_model.unload()  # leave the caller's model as it was given
+            raise
+        for param in rank_model.adapter_parameters().values():
+            param.requires_grad_(is_trainable)
+        return rank_model
+
+    @torch.no_grad()
+    def _load_adapter(self, tensors: dict[str, torch.Tensor], source: Path, base_name: str | None) -> None:
+        expected = self.adapter_parameters()
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
         if missing or unexpected:
             raise ValueError(
-                f"{weights_file} does not fit this base model: missing {missing[:3]}, "
-                f"unexpected {unexpected[:3]}; "
-                f"load it onto the model it was trained on ({meta.get('base_model_name_or_path')})"
+                f"{source} does not fit this base model: missing {missing[:3]}, unexpected {unexpected[:3]}; "
+                f"load it onto the model it was trained on ({base_name})"
             )
         for key, param in expected.items():
             if tensors[key].shape != param.shape:
                 raise ValueError(
-                    f"{key} has shape {tuple(tensors[key].shape)} in {weights_file} "
-                    f"but {tuple(param.shape)} here: "
-                    f"the adapter was trained on a base model with other shapes "
-                    f"({meta.get('base_model_name_or_path')}); load it onto that model"
+                    f"{key} has shape {tuple(tensors[key].shape)} in {source} but {tuple(param.shape)} here: "
+                    f"the adapter was trained on a base model with other shapes ({base_name}); "
+                    "load it onto that model"
                 )
-        with torch.no_grad():
-            for key, param in expected.items():
-                param.copy_(tensors[key])
-                param.requires_grad_(is_trainable)
-        return rank_model
+        for key, param in expected.items():
+            param.copy_(tensors[key])
 
     # -- merge and export -------------------------------------------------------------------------
     def _resolve_task(self, task: int | str | None) -> int:
@@ -387,18 +398,25 @@ class RankMixModel(nn.Module):
             )
         return self.task_index(task)
 
+    def unload(self) -> nn.Module:
+        """Remove the adapters and return the base model as it was (trainable flags restored)."""
+        for name, m in list(self.adapted_modules()):
+            parent_name, _, attr = name.rpartition(".")
+            setattr(self.base_model.get_submodule(parent_name), attr, m.base_layer)
+        for p, flag in zip(self.base_model.parameters(), self._base_trainable, strict=True):
+            p.requires_grad_(flag)
+        return self.base_model
+
     @torch.no_grad()
     def merge_and_unload(self, task: int | str | None = None) -> nn.Module:
         """Fold `task`'s adapter into the base weights and return the plain base model (changed in place;
         this RankMixModel is spent). Inference then costs what the base model costs."""
         t = self._resolve_task(task)
-        modules = list(self.adapted_modules())
-        deltas = [m.delta_weight(t) for _, m in modules]
-        for (name, m), delta in zip(modules, deltas, strict=True):
+        modules = [m for _, m in self.adapted_modules()]
+        deltas = [m.delta_weight(t) for m in modules]  # all first: a refusal must leave the model intact
+        for m, delta in zip(modules, deltas, strict=True):
             m.base_layer.weight += delta.to(m.base_layer.weight.dtype)
-            parent_name, _, attr = name.rpartition(".")
-            setattr(self.base_model.get_submodule(parent_name), attr, m.base_layer)
-        return self.base_model
+        return self.unload()
 
     @torch.no_grad()
     def export_lora(self, task: int | str | None = None, path: str | os.PathLike = "") -> Path:

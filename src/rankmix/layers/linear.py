@@ -51,6 +51,15 @@ class AdaptedLinear(nn.Module):
         self.fan_in_fan_out = fan_in_fan_out
         self._context = context  # shared, not a submodule
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base weight, for model code that reads `layer.weight` (e.g. T5 checks its dtype)."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.base_layer, "bias", None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         xa = x.to(self.bank.lora_A.dtype)
