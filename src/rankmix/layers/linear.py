@@ -19,16 +19,18 @@ class RoutingContext:
     collect: bool = False
     aux: list[tuple[str, torch.Tensor]] = field(default_factory=list)
 
-    def task_ids_for(self, batch_size: int) -> torch.Tensor | None:
-        """Task ids matching a batch that generation may have expanded (beams, sampled sequences)."""
-        ids = self.task_ids
-        if ids is None or ids.shape[0] == batch_size:
+    def task_ids_for(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Task ids for the rows of `x`. A (batch, seq, ...) input may come from a batch that generation
+        expanded (beams, several samples per prompt): each id then repeats for its example's copies.
+        A 2-D input must have one row per example (rows that are tokens cannot be told apart)."""
+        ids, rows = self.task_ids, x.shape[0]
+        if ids is None or ids.shape[0] == rows:
             return ids
-        if batch_size % ids.shape[0] == 0:
-            return ids.repeat_interleave(batch_size // ids.shape[0])
+        if x.dim() >= 3 and rows % ids.shape[0] == 0:
+            return ids.repeat_interleave(rows // ids.shape[0])
         raise ValueError(
-            f"task_ids has {ids.shape[0]} entries but the layer sees a batch of {batch_size}; "
-            "pass one task id per example"
+            f"task_ids has {ids.shape[0]} entries but an adapted layer sees an input of shape {tuple(x.shape)}; "
+            "pass one task id per example (task routing needs layers that see one row per example)"
         )
 
 
@@ -63,7 +65,7 @@ class AdaptedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         xa = x.to(self.bank.lora_A.dtype)
-        gates, aux = self.router(xa, self._context.task_ids_for(x.shape[0]))
+        gates, aux = self.router(xa, self._context.task_ids_for(x))
         if self._context.collect:
             self._context.aux.extend(aux.items())
         return result + self.bank(xa, gates).to(result.dtype)

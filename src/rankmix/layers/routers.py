@@ -108,7 +108,7 @@ class TaskRankSelector(nn.Module):
         if x.dim() == 2:
             pooled = x  # one vector per example already
         elif self.pooling == "first":
-            pooled = x[:, 0]
+            pooled = x[:, 0].clone()  # a copy, so autograd does not keep the whole input alive
         else:
             pooled = x.mean(dim=1)
         z = F.normalize(pooled.float(), dim=-1)
