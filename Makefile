@@ -28,10 +28,10 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks
 
 quickstart: $(VENV)/.minilm
-	$(PY) examples/quickstart.py
+	$(VENV)/bin/rankmix quickstart
 
 bench: $(VENV)/.bench
 	$(PY) benchmarks/speed.py

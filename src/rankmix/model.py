@@ -250,9 +250,10 @@ class RankMixModel(nn.Module):
             by_kind[kind].append(value)
         means = {kind: torch.stack(values).mean() for kind, values in by_kind.items()}
         weights = self.adapter_config.aux_weights()
+        total = sum(weights.get(k, 0.0) * v for k, v in means.items())
         if outputs.get("loss") is not None:
-            total = sum(weights.get(k, 0.0) * v for k, v in means.items())
             outputs["loss"] = outputs["loss"] + total.to(outputs["loss"].dtype)
+        outputs["aux_loss"] = total  # weighted, with gradient: for heads and losses computed outside
         outputs["aux_losses"] = {k: v.detach() for k, v in means.items()}
         return outputs
 

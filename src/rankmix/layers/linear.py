@@ -29,7 +29,8 @@ class RoutingContext:
         if x.dim() >= 3 and rows % ids.shape[0] == 0:
             return ids.repeat_interleave(rows // ids.shape[0])
         raise ValueError(
-            f"task_ids has {ids.shape[0]} entries but an adapted layer sees an input of shape {tuple(x.shape)}; "
+            f"task_ids has {ids.shape[0]} entries but an adapted layer sees an input of shape "
+            f"{tuple(x.shape)}; "
             "pass one task id per example (task routing needs layers that see one row per example)"
         )
 

@@ -1,0 +1,83 @@
+"""Turn examples into model inputs for each model family.
+
+encoder:  text pair -> tokens; the label goes to a per-task head.
+decoder:  prompt + answer -> one sequence; loss on the answer tokens only.
+seq2seq:  prompt -> encoder, answer -> labels (text-to-text, as in the MoRE paper).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..tasks.base import Example, Task
+
+FAMILIES = ("encoder", "decoder", "seq2seq")
+IGNORE = -100
+
+
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+    return pad
+
+
+def encode_encoder(tokenizer, examples: Sequence[Example], max_length: int) -> dict[str, torch.Tensor]:
+    firsts = [e.text_a for e in examples]
+    seconds = [e.text_b for e in examples] if any(e.text_b for e in examples) else None
+    if seconds is not None:
+        seconds = [s or "" for s in seconds]
+    return dict(
+        tokenizer(firsts, seconds, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    )
+
+
+def encode_decoder(
+    tokenizer, prompts: Sequence[str], answers: Sequence[str], max_length: int
+) -> dict[str, torch.Tensor]:
+    """prompt + " " + answer + eos, cut from the prompt's left if too long; labels mask the prompt."""
+    ids, labels = [], []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        a = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + eos
+        p = p[-max(1, max_length - len(a)) :]
+        ids.append(p + a)
+        labels.append([IGNORE] * len(p) + a)
+    pad = _pad_id(tokenizer)
+    input_ids = _pad(ids, pad)
+    mask = _pad([[1] * len(r) for r in ids], 0)
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": _pad(labels, IGNORE)}
+
+
+def encode_seq2seq(
+    tokenizer, prompts: Sequence[str], answers: Sequence[str], max_length: int
+) -> dict[str, torch.Tensor]:
+    enc = tokenizer(list(prompts), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    targets = [tokenizer(a, truncation=True, max_length=max_length)["input_ids"] for a in answers]
+    return {**dict(enc), "labels": _pad(targets, IGNORE)}
+
+
+def collate(
+    family: str, tokenizer, tasks: Sequence[Task], batch: Sequence[tuple[int, Example]], max_length: int
+) -> dict[str, torch.Tensor]:
+    """A training batch of (task index, example) pairs, with `task_ids` for the adapters."""
+    task_ids = torch.tensor([t for t, _ in batch], dtype=torch.long)
+    examples = [e for _, e in batch]
+    if family == "encoder":
+        out = encode_encoder(tokenizer, examples, max_length)
+        out["labels"] = torch.tensor([float(e.label) for e in examples])
+    else:
+        prompts = [tasks[t].prompt(e) for t, e in batch]
+        answers = [tasks[t].answer(e.label) for t, e in batch]
+        encode = encode_decoder if family == "decoder" else encode_seq2seq
+        out = encode(tokenizer, prompts, answers, max_length)
+    out["task_ids"] = task_ids
+    return out

@@ -1,0 +1,71 @@
+"""Multi-task sampling: which task each batch (or each example) comes from, seeded and resumable."""
+
+from __future__ import annotations
+
+import torch
+
+
+def task_probabilities(sizes: list[int], strategy: str, temperature: float = 2.0) -> torch.Tensor:
+    """size_softmax: MoRE's softmax(|D_t| / sum |D|); temperature: |D_t|^(1/T), normalized;
+    proportional: |D_t| / sum |D|; uniform: 1/T."""
+    n = torch.tensor(sizes, dtype=torch.float64)
+    if strategy == "size_softmax":
+        return torch.softmax(n / n.sum(), dim=0)
+    if strategy == "temperature":
+        w = n ** (1.0 / temperature)
+        return w / w.sum()
+    if strategy == "proportional":
+        return n / n.sum()
+    if strategy == "uniform":
+        return torch.full_like(n, 1.0 / len(sizes))
+    raise ValueError(f"unknown sampling strategy {strategy!r}")
+
+
+class TaskSampler:
+    """An endless stream of batches, each a list of (task, example index) pairs. `single` mode takes a
+    whole batch from one drawn task; `mixed` draws the task of every example. Each task is walked in a
+    fresh random order per pass. Workers (`rank` of `world`) get different streams."""
+
+    def __init__(
+        self,
+        sizes: list[int],
+        batch_size: int,
+        strategy: str = "size_softmax",
+        temperature: float = 2.0,
+        mode: str = "single",
+        seed: int = 0,
+        rank: int = 0,
+    ) -> None:
+        if not sizes or min(sizes) <= 0:
+            raise ValueError(f"every task needs training examples; sizes per task: {sizes}")
+        self.sizes, self.batch_size, self.mode = list(sizes), batch_size, mode
+        self.probs = task_probabilities(sizes, strategy, temperature)
+        self.generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
+        self.orders = [torch.randperm(n, generator=self.generator) for n in sizes]
+        self.cursors = [0] * len(sizes)
+
+    def _take(self, task: int) -> int:
+        if self.cursors[task] == self.sizes[task]:
+            self.orders[task] = torch.randperm(self.sizes[task], generator=self.generator)
+            self.cursors[task] = 0
+        index = int(self.orders[task][self.cursors[task]])
+        self.cursors[task] += 1
+        return index
+
+    def next_batch(self) -> list[tuple[int, int]]:
+        if self.mode == "single":
+            task = int(torch.multinomial(self.probs, 1, generator=self.generator))
+            tasks = [task] * self.batch_size
+        else:
+            tasks = torch.multinomial(
+                self.probs, self.batch_size, replacement=True, generator=self.generator
+            ).tolist()
+        return [(t, self._take(t)) for t in tasks]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "orders": self.orders, "cursors": list(self.cursors)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.orders = list(state["orders"])
+        self.cursors = list(state["cursors"])

@@ -1,0 +1,154 @@
+"""RunConfig: everything one `rankmix train` run needs, read from YAML plus `--set key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import AdapterConfig, config_from_dict, read_yaml
+
+SAMPLINGS = ("size_softmax", "temperature", "proportional", "uniform")
+BATCH_MODES = ("single", "mixed")
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_accum: int = 1
+    mixed_precision: str = "no"
+    seed: int = 42
+    eval_every: int = 200
+    log_every: int = 10
+    sampling: str = field(
+        default="size_softmax",
+        metadata={"help": "size_softmax (MoRE: softmax of |D_t|/sum|D|), temperature, proportional, uniform"},
+    )
+    temperature: float = 2.0
+    batch_mode: str = field(default="single", metadata={"help": "single: one task per batch; mixed"})
+    max_length: int = 128
+    max_train_examples: int | None = field(
+        default=None, metadata={"help": "per-task cap, drawn with the seed"}
+    )
+    max_eval_examples: int | None = None
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "eval_every", "log_every", "max_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
+        for name in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"train.{name} must be a positive integer or null, got {value!r}")
+        if not self.lr > 0 or not self.weight_decay >= 0 or self.warmup_steps < 0:
+            raise ValueError("train.lr must be > 0, train.weight_decay >= 0 and train.warmup_steps >= 0")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"train.sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"train.temperature must be positive, got {self.temperature}")
+        if self.batch_mode not in BATCH_MODES:
+            raise ValueError(f"train.batch_mode must be one of {BATCH_MODES}, got {self.batch_mode!r}")
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(
+                f"train.mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}"
+            )
+
+
+@dataclass
+class RunConfig:
+    model: str = field(metadata={"help": "a model folder or hub id, or 'minilm' / 'smollm2' (packaged)"})
+    tasks: list[str]
+    method: dict[str, Any] = field(metadata={"help": "adapter config: {method: more, max_rank: 8, ...}"})
+    output_dir: str = "runs/run"
+    data_dir: str | None = field(default=None, metadata={"help": "local data folder; none: the HF hub"})
+    custom_tasks: list[str] = field(default_factory=list, metadata={"help": "YAML files of user tasks"})
+    strict: bool = field(
+        default=False, metadata={"help": "malformed data rows raise instead of being skipped"}
+    )
+    eval_mode: str = field(default="score", metadata={"help": "score candidates (default) or generate"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, dict):
+            self.train = _build(TrainConfig, self.train, "train.")
+        if isinstance(self.tasks, str) or not self.tasks:
+            raise ValueError(f"tasks must be a non-empty list of task names, got {self.tasks!r}")
+        if self.eval_mode not in ("score", "generate"):
+            raise ValueError(f"eval_mode must be 'score' or 'generate', got {self.eval_mode!r}")
+        if not isinstance(self.method, dict) or "method" not in self.method:
+            raise ValueError("method must be a mapping with a 'method' key, e.g. {method: more, max_rank: 8}")
+        self.train.validate()
+        self.adapter_config()  # validate now, before any long work
+
+    def adapter_config(self) -> AdapterConfig:
+        """The adapter config; task-routed methods get the run's task list unless it names its own."""
+        data = dict(self.method)
+        if data.get("method") in ("more", "multilora", "moelora"):
+            data.setdefault("tasks", list(self.tasks))
+            if list(data["tasks"]) != list(self.tasks):
+                raise ValueError(
+                    f"method.tasks {data['tasks']} differs from tasks {self.tasks}; drop method.tasks"
+                )
+        return config_from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; known keys: {sorted(known)}"
+            raise ValueError(f"unknown option {prefix}{key!r}{hint}")
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and f.name not in data
+    ]
+    if missing:
+        raise ValueError(f"missing required option(s) {[prefix + m for m in missing]}")
+    return cls(**data)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key=value` / `train.lr=1e-3` overrides (values parsed as YAML) to a nested mapping."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value (e.g. train.lr=1e-3), got {item!r}")
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {part!r} is not a section")
+        node[leaf] = read_yaml(raw)
+    return data
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a recipe YAML, apply overrides, validate every key (unknown keys get a 'did you mean')."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} not found; the ready recipes are in configs/")
+    data = read_yaml(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a recipe is a YAML mapping (model:, tasks:, method:, train: ...)")
+    return _build(RunConfig, apply_overrides(data, overrides or []))

@@ -1,0 +1,321 @@
+"""The training recipe: one adapter set for all tasks, trained jointly with accelerate, evaluated on every
+task, the best adapter kept by the average task metric (never by a loss with aux terms)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..data.collate import collate
+from ..data.sampling import TaskSampler
+from ..heads import MultiTaskHeads
+from ..model import RankMixModel, get_model
+from ..tasks import get_task, load_custom_task
+from ..tasks.base import Example, Task
+from .evaluate import average, evaluate
+from .loading import load_model
+from .run_config import RunConfig
+
+HEADS_NAME = "heads.safetensors"
+
+
+@dataclass
+class Run:
+    """What a recipe builds before it trains or evaluates."""
+
+    config: RunConfig
+    tasks: list[Task]
+    train_sets: list[list[Example]]
+    dev_sets: list[list[Example]]
+    model: nn.Module  # the trainable module: RankMixModel, or MultiTaskHeads around it for encoders
+    adapted: RankMixModel
+    tokenizer: Any
+    family: str
+
+
+def resolve_tasks(cfg: RunConfig) -> list[Task]:
+    for path in cfg.custom_tasks:
+        load_custom_task(path)
+    return [get_task(name) for name in cfg.tasks]
+
+
+def _subset(examples: list[Example], cap: int | None, seed: int) -> list[Example]:
+    if cap is None or len(examples) <= cap:
+        return examples
+    return random.Random(seed).sample(examples, cap)
+
+
+def load_data(cfg: RunConfig, tasks: list[Task], splits: tuple[str, ...] = ("train", "dev")) -> dict:
+    """Every split of every task, capped per task with the seed; malformed rows are counted and reported."""
+    data: dict[str, list[list[Example]]] = {s: [] for s in splits}
+    caps = {"train": cfg.train.max_train_examples, "dev": cfg.train.max_eval_examples}
+    for task in tasks:
+        for split in splits:
+            examples, skipped = task.load(split, cfg.data_dir, strict=cfg.strict)
+            if skipped:
+                warnings.warn(f"{task.name}/{split}: skipped {skipped} malformed row(s)", stacklevel=2)
+            if not examples:
+                raise ValueError(f"{task.name}/{split} has no examples; check data_dir={cfg.data_dir!r}")
+            data[split].append(_subset(examples, caps[split], cfg.train.seed))
+    return data
+
+
+def build_model(cfg: RunConfig, tasks: list[Task]) -> tuple[nn.Module, RankMixModel, Any, str]:
+    torch.manual_seed(cfg.train.seed)
+    base, tokenizer, family = load_model(cfg.model)
+    adapted = get_model(base, cfg.adapter_config())
+    if family == "encoder":
+        heads = MultiTaskHeads(adapted, [t.num_labels for t in tasks], [t.regression for t in tasks])
+        return heads, adapted, tokenizer, family
+    return adapted, adapted, tokenizer, family
+
+
+def prepare(cfg: RunConfig, splits: tuple[str, ...] = ("train", "dev")) -> Run:
+    """Tasks and data first (quick, and where bad input shows), then the model."""
+    tasks = resolve_tasks(cfg)
+    data = load_data(cfg, tasks, splits)
+    model, adapted, tokenizer, family = build_model(cfg, tasks)
+    return Run(cfg, tasks, data.get("train", []), data.get("dev", []), model, adapted, tokenizer, family)
+
+
+# -- files --------------------------------------------------------------------------------------------
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _swap_folder(folder: Path) -> Iterator[Path]:
+    """Write a whole folder beside `folder`, then swap it in, so a crash leaves the old one intact."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        yield tmp
+        old = folder.with_name(f".{folder.name}.old")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_adapter(run: Run, folder: Path) -> None:
+    """The adapter (rankmix format) plus, for encoders, the task heads."""
+    with _swap_folder(folder) as tmp:
+        run.adapted.save_pretrained(tmp)
+        if isinstance(run.model, MultiTaskHeads):
+            heads = {k: v.detach().contiguous().cpu() for k, v in run.model.heads.state_dict().items()}
+            save_file(heads, str(tmp / HEADS_NAME))
+        run.config.save(tmp / "run.yaml")
+
+
+def load_adapter(run: Run, folder: Path) -> None:
+    """Load a saved adapter (and heads) into a freshly prepared run."""
+    loaded = RankMixModel.from_pretrained(run.adapted.unload(), folder)
+    run.adapted = loaded
+    if isinstance(run.model, MultiTaskHeads):
+        run.model.body = loaded
+        run.model.heads.load_state_dict(load_file(str(folder / HEADS_NAME)))
+    else:
+        run.model = loaded
+
+
+def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, sampler, state: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(
+        {
+            "params": {n: p.detach().cpu() for n, p in _trainable(model).items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "sampler": sampler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "state": state,
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, sampler) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} is unreadable ({e}); delete it or pass --overwrite") from None
+    params = _trainable(model)
+    if set(ckpt["params"]) != set(params):
+        raise ValueError(
+            f"checkpoint {path} was written by another configuration; pass --overwrite to restart"
+        )
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(ckpt["params"][n])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    sampler.load_state_dict(ckpt["sampler"])
+    torch.set_rng_state(ckpt["rng"])
+    return ckpt["state"]
+
+
+# -- the loop -----------------------------------------------------------------------------------------
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    lines = [f"{'task':<16} {'metrics':<40} {'score':>6}"]
+    for name, r in results.items():
+        metrics = ", ".join(f"{k}={v:.3f}" for k, v in r.items() if k != "score")
+        lines.append(f"{name:<16} {metrics:<40} {r['score']:6.3f}")
+    lines.append(f"{'average':<16} {'':<40} {average(results):6.3f}")
+    return "\n".join(lines)
+
+
+def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dict:
+    """Train, evaluate every `eval_every` steps and at the end, keep the best adapter; returns results."""
+    from accelerate import Accelerator
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    start_time = time.time()
+    out = Path(cfg.output_dir)
+    checkpoint = out / "checkpoint.pt"
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    run = prepare(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "run.yaml")
+    t = cfg.train
+    accelerator = Accelerator(mixed_precision=t.mixed_precision)
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, t.warmup_steps, t.steps)
+    sampler = TaskSampler(
+        [len(s) for s in run.train_sets],
+        t.batch_size,
+        t.sampling,
+        t.temperature,
+        t.batch_mode,
+        seed=t.seed,
+        rank=accelerator.process_index,
+    )
+    state = {"step": 0, "best": None, "best_step": None, "history": []}
+    if checkpoint.exists():
+        state = load_checkpoint(checkpoint, run.model, optimizer, scheduler, sampler)
+        accelerator.print(f"resuming {out} from step {state['step']}")
+    model, optimizer, scheduler = accelerator.prepare(run.model, optimizer, scheduler)
+    writer = SummaryWriter(str(out / "tb")) if accelerator.is_main_process else None
+    log = (out / "metrics.jsonl").open("a") if accelerator.is_main_process else None
+
+    def emit(record: dict) -> None:
+        if log:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    writer.add_scalar(key, value, record["step"])
+
+    def run_eval(step: int) -> None:
+        results = evaluate(
+            accelerator.unwrap_model(model),
+            run.family,
+            run.tokenizer,
+            run.tasks,
+            run.dev_sets,
+            t.batch_size,
+            t.max_length,
+            cfg.eval_mode,
+        )
+        avg = average(results)
+        emit({"step": step, "eval/average": avg, **{f"eval/{k}": r["score"] for k, r in results.items()}})
+        state["history"].append({"step": step, "average": avg, "tasks": results})
+        if state["best"] is None or avg > state["best"]["average"]:
+            state["best"], state["best_step"] = {"average": avg, "tasks": results}, step
+            if accelerator.is_main_process:
+                save_adapter(run, out / "adapter")
+        if accelerator.is_main_process:
+            write_json(out / "results.json", _results(run, state, time.time() - start_time))
+            save_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, sampler, state)
+
+    model.train()
+    bar = tqdm(
+        total=t.steps,
+        initial=state["step"],
+        disable=not progress or not accelerator.is_main_process,
+        desc="train",
+    )
+    try:
+        while state["step"] < t.steps:
+            for micro in range(t.grad_accum):
+                pairs = sampler.next_batch()
+                batch = collate(
+                    run.family,
+                    run.tokenizer,
+                    run.tasks,
+                    [(task, run.train_sets[task][i]) for task, i in pairs],
+                    t.max_length,
+                )
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                sync = nullcontext() if micro == t.grad_accum - 1 else accelerator.no_sync(model)
+                with sync:
+                    outputs = model(**batch)
+                    accelerator.backward(outputs.loss / t.grad_accum)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            bar.update(1)
+            step = state["step"]
+            if step % t.log_every == 0:
+                aux = {f"aux/{k}": float(v) for k, v in outputs.get("aux_losses", {}).items()}
+                loss = outputs.loss.detach().item()
+                emit({"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], **aux})
+                bar.set_postfix(loss=f"{loss:.3f}")
+            if step % t.eval_every == 0 or step == t.steps:
+                run_eval(step)
+    finally:
+        bar.close()
+        if log:
+            log.close()
+            writer.close()
+    return _results(run, state, time.time() - start_time)
+
+
+def _results(run: Run, state: dict, wall: float) -> dict:
+    best = state["best"] or {"average": None, "tasks": {}}
+    return {
+        "model": run.config.model,
+        "method": run.config.method,
+        "family": run.family,
+        "steps": state["step"],
+        "best_step": state["best_step"],
+        "average": best["average"],
+        "tasks": best["tasks"],
+        "parameters": run.adapted.parameter_counts(),
+        "selected_ranks": _mean_ranks(run.adapted),
+        "wall_time_s": round(wall, 1),
+        "history": state["history"],
+    }
+
+
+def _mean_ranks(adapted: RankMixModel) -> dict[str, float] | None:
+    """Mean selected rank over modules for each task (task-routed methods)."""
+    if not adapted.adapter_config.task_names:
+        return None
+    return {task: sum(r.values()) / len(r) for task, r in adapted.selected_ranks().items()}

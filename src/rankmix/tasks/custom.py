@@ -1,0 +1,155 @@
+"""User tasks from a YAML file over JSON-lines data, so a new task needs no code:
+
+    name: my_sentiment
+    data: {train: train.jsonl, dev: dev.jsonl}   # paths relative to the YAML file
+    text_fields: [review]                       # one or two keys -> text_a, text_b
+    label_field: label
+    labels: [neg, pos]                          # omit (or regression: true) for a regression task
+    label_words: [negative, positive]           # optional, defaults to labels
+    metrics: [accuracy]                         # default accuracy (pearson + spearman for regression)
+    template: "Review: {text_a}\\nSentiment:"    # optional
+
+Every key is checked when the file is loaded, before any long work. The data files are named by the
+YAML, so the task reads them whatever data_dir a recipe passes (and also when it passes none).
+"""
+
+from __future__ import annotations
+
+import difflib
+import string
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .base import Task
+from .metrics import METRICS
+from .readers import columns, json_reader, label_key
+from .registry import register_task
+
+_REQUIRED = ("name", "data", "text_fields", "label_field")
+_KEYS = (*_REQUIRED, "labels", "label_words", "metrics", "template", "regression")
+_CLASSIFICATION_METRICS = ("accuracy", "f1", "mcc")
+
+
+def _strings(value: Any, key: str, where: str) -> tuple[str, ...]:
+    """A non-empty list of non-empty strings (a single string is a list of one)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(v, str) and v for v in items):
+        raise ValueError(f"{where}: {key} must be a non-empty list of strings, got {value!r}")
+    return tuple(items)
+
+
+def _check_keys(spec: dict[str, Any], where: str) -> None:
+    for key in spec:
+        if key not in _KEYS:
+            close = difflib.get_close_matches(str(key), _KEYS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{where}: unknown key {key!r}{hint} Allowed keys: {', '.join(_KEYS)}")
+    missing = [k for k in _REQUIRED if k not in spec]
+    if missing:
+        raise ValueError(f"{where}: missing required key(s) {', '.join(missing)}")
+
+
+def _data_files(data: Any, folder: Path, where: str) -> dict[str, Path]:
+    if not isinstance(data, dict) or not data or not set(data) <= {"train", "dev"}:
+        raise ValueError(f"{where}: data must map train and/or dev to a file, got {data!r}")
+    files = {split: folder / str(name) for split, name in data.items()}
+    for split, path in files.items():
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{where}: the {split} file {path} does not exist (paths are relative to the YAML)"
+            )
+    return files
+
+
+def _labels(spec: dict[str, Any], where: str) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    """(labels, label_words, regression) of a spec."""
+    regression = spec.get("regression", "labels" not in spec)
+    if not isinstance(regression, bool):
+        raise ValueError(f"{where}: regression must be true or false, got {regression!r}")
+    if regression:
+        extra = [k for k in ("labels", "label_words") if k in spec]
+        if extra:
+            raise ValueError(f"{where}: a regression task has no {' or '.join(extra)}; remove them")
+        return (), (), True
+    if "labels" not in spec:
+        raise ValueError(f"{where}: a classification task needs labels (or set regression: true)")
+    raw = spec["labels"]
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise ValueError(f"{where}: labels must be a list of at least two class names, got {raw!r}")
+    labels = tuple(label_key(v) for v in raw)
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{where}: labels {labels} repeat a name")
+    words = _strings(spec.get("label_words", list(labels)), "label_words", where)
+    if len(words) != len(labels):
+        raise ValueError(f"{where}: {len(words)} label_words for {len(labels)} labels")
+    return labels, words, False
+
+
+def _metrics(spec: dict[str, Any], labels: tuple[str, ...], regression: bool, where: str) -> tuple[str, ...]:
+    default = ["pearson", "spearman"] if regression else ["accuracy"]
+    metrics = _strings(spec.get("metrics", default), "metrics", where)
+    for metric in metrics:
+        if metric not in METRICS:
+            raise ValueError(f"{where}: unknown metric {metric!r}; known metrics: {', '.join(METRICS)}")
+        if regression == (metric in _CLASSIFICATION_METRICS):
+            kind = "a regression" if regression else "a classification"
+            raise ValueError(f"{where}: metric {metric!r} does not apply to {kind} task")
+        if metric == "f1" and len(labels) != 2:
+            raise ValueError(f"{where}: f1 needs two labels (the second is the positive class), got {labels}")
+    return metrics
+
+
+def _template(spec: dict[str, Any], pair: bool, where: str) -> str:
+    template = spec.get("template", "{text_a}\n{text_b}\nAnswer:" if pair else "{text_a}\nAnswer:")
+    if not isinstance(template, str):
+        raise ValueError(f"{where}: template must be a string, got {template!r}")
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:
+        raise ValueError(f"{where}: template {template!r} is not a valid format string ({e})") from None
+    allowed = {"text_a", "text_b"} if pair else {"text_a"}
+    if not fields <= allowed:
+        raise ValueError(
+            f"{where}: template uses {sorted(fields - allowed)}; it may use only {sorted(allowed)}"
+        )
+    return template
+
+
+_LOADED: dict[Path, Task] = {}
+
+
+def load_custom_task(path: str | Path) -> Task:
+    """Read, check and register the task a YAML file describes, and return it (once per file: loading
+    the same file again returns the registered task)."""
+    path = Path(path)
+    if path.resolve() in _LOADED:
+        return _LOADED[path.resolve()]
+    where = str(path)
+    with path.open(encoding="utf-8") as f:
+        spec = yaml.safe_load(f)
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: expected a YAML mapping of task settings, got {type(spec).__name__}")
+    _check_keys(spec, where)
+    name = spec["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{where}: name must be a non-empty string, got {name!r}")
+    files = _data_files(spec["data"], path.parent.resolve(), where)
+    text_fields = _strings(spec["text_fields"], "text_fields", where)
+    if len(text_fields) > 2:
+        raise ValueError(
+            f"{where}: text_fields takes one or two keys (text_a, text_b), got {list(text_fields)}"
+        )
+    label_field = spec["label_field"]
+    if not isinstance(label_field, str) or not label_field:
+        raise ValueError(f"{where}: label_field must be one key (a string), got {label_field!r}")
+    labels, words, regression = _labels(spec, where)
+    metrics = _metrics(spec, labels, regression, where)
+    pair = len(text_fields) == 2
+    template = _template(spec, pair, where)
+    convert = columns(text_fields[0], text_fields[1] if pair else None, label_field)
+    reader = json_reader(files, convert, labels, has_b=pair, hint=f"named in {where}")
+    task = register_task(Task(name, labels, words, metrics, template, reader, reader, regression=regression))
+    _LOADED[path.resolve()] = task
+    return task

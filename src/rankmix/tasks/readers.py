@@ -1,0 +1,235 @@
+"""Format readers: each builds a `Reader` (data_dir, split, strict) -> (examples, rows skipped).
+
+One generic reader per format (GLUE-style TSV, JSON / JSON lines, Hugging Face hub), parameterised
+per task by its files, its columns and its label set, so that every task checks rows the same way:
+a row of the wrong shape (too few fields, a missing key, an empty text) is malformed, skipped and
+counted with a warning, or raised under strict=True; a label outside the task's label set is always
+an error, since it means the file and the task definition disagree.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .base import Example, Reader
+
+LAYOUT = (
+    "--data-dir (data_dir=...) must point at a folder in the published layout, with glue/, superglue/, "
+    "commonsense/, commonsenseqa/ (and scitail/) inside (see shared/data/README.md)"
+)
+
+# One row as (text_a, text_b or None, raw label), from a dict-like record (JSON object or hub row).
+Convert = Callable[[Mapping[str, Any]], tuple[Any, Any, Any]]
+
+
+def columns(text_a: str, text_b: str | None, label: str) -> Convert:
+    """A converter taking the texts and the label from named fields of a record."""
+    return lambda row: (row[text_a], None if text_b is None else row[text_b], row[label])
+
+
+def label_key(raw: Any) -> str:
+    """The label name a stored value stands for: JSON booleans as "true"/"false", anything else as text."""
+    return str(raw).lower() if isinstance(raw, bool) else str(raw)
+
+
+class _Rows:
+    """The examples of one source, with its malformed rows skipped and counted (or raised)."""
+
+    def __init__(
+        self,
+        source: str,
+        strict: bool,
+        labels: tuple[str, ...],
+        score_range: tuple[float, float] | None = None,
+        by_index: bool = False,
+        unit: str = "line",
+    ) -> None:
+        self.source, self.strict, self.labels = source, strict, labels
+        self.score_range, self.by_index, self.unit = score_range, by_index, unit
+        self.examples: list[Example] = []
+        self.skipped: list[tuple[int, str]] = []
+
+    def malformed(self, line: int, why: str) -> None:
+        if self.strict:
+            raise ValueError(
+                f"{self.source}, {self.unit} {line}: malformed row ({why}); fix the file, or load with "
+                "strict=False to skip such rows"
+            )
+        self.skipped.append((line, why))
+
+    def add(self, line: int, text_a: Any, text_b: Any, label: Any, has_b: bool) -> None:
+        texts = (text_a, text_b) if has_b else (text_a,)
+        if not all(isinstance(t, str) and t.strip() for t in texts):
+            self.malformed(line, "a text field is empty or not a string")
+            return
+        self.examples.append(
+            Example(text_a.strip(), text_b.strip() if has_b else None, self._label(line, label))
+        )
+
+    def _label(self, line: int, raw: Any) -> int | float:
+        where = f"{self.source}, {self.unit} {line}"
+        if not self.labels:
+            try:
+                score = float(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: label {raw!r} is not a number (regression task)") from None
+            low, high = self.score_range or (-math.inf, math.inf)
+            if not (math.isfinite(score) and low <= score <= high):
+                raise ValueError(f"{where}: score {raw!r} is outside the allowed range [{low}, {high}]")
+            return score
+        if self.by_index and isinstance(raw, int) and not isinstance(raw, bool):
+            if 0 <= raw < len(self.labels):
+                return raw
+            raise ValueError(f"{where}: label index {raw} is outside 0..{len(self.labels) - 1} {self.labels}")
+        key = label_key(raw)
+        if key not in self.labels:
+            raise ValueError(f"{where}: label {key!r} is not one of the allowed labels {self.labels}")
+        return self.labels.index(key)
+
+    def result(self) -> tuple[list[Example], int]:
+        if self.skipped:
+            line, why = self.skipped[0]
+            if not self.examples:
+                raise ValueError(
+                    f"{self.source}: every row is malformed ({self.unit} {line}: {why}); wrong file?"
+                )
+            first = f"first: {self.unit} {line}, {why}"
+            warnings.warn(
+                f"skipped {len(self.skipped)} malformed row(s) in {self.source} ({first})", stacklevel=2
+            )
+        return self.examples, len(self.skipped)
+
+
+def _locate(data_dir: Path, files: Mapping[str, str | Path], split: str, hint: str) -> Path:
+    if split not in files:
+        raise ValueError(f"no {split!r} split here; this task has {', '.join(files)}")
+    path = data_dir / files[split]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {hint}")
+    return path
+
+
+def tsv_reader(
+    files: Mapping[str, str],
+    text_a: int | str,
+    text_b: int | str | None,
+    label: int | str,
+    labels: tuple[str, ...],
+    *,
+    fields: int | None = None,
+    score_range: tuple[float, float] | None = None,
+) -> Reader:
+    """GLUE-style tab-separated files (`files`: split -> path under data_dir). Columns are header names,
+    or 0-based indices with `fields` (the number of fields per row) for files without a header line.
+    Quoting is off: GLUE texts hold unbalanced quote characters. A UTF-8 BOM is dropped."""
+
+    def read(data_dir: Path, split: str, strict: bool) -> tuple[list[Example], int]:
+        path = _locate(data_dir, files, split, LAYOUT)
+        rows = _Rows(str(path), strict, labels, score_range)
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            lines = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            if fields is None:
+                header = next(lines, [])
+                missing = [c for c in (text_a, text_b, label) if c is not None and c not in header]
+                if missing:
+                    raise ValueError(f"{path}: header line {header} lacks the column(s) {missing}")
+                a, b, y = (None if c is None else header.index(c) for c in (text_a, text_b, label))
+                width = len(header)
+            else:
+                a, b, y, width = text_a, text_b, label, fields
+            for cells in lines:
+                if not cells:  # a blank line carries no row
+                    continue
+                if len(cells) != width:
+                    rows.malformed(lines.line_num, f"{len(cells)} tab-separated fields, expected {width}")
+                    continue
+                rows.add(lines.line_num, cells[a], None if b is None else cells[b], cells[y], b is not None)
+        return rows.result()
+
+    return read
+
+
+def _records(path: Path, rows: _Rows) -> list[tuple[int, Any]]:
+    """(line or position, record) of a JSON list (.json) or a JSON-lines file (anything else)."""
+    with path.open(encoding="utf-8") as f:
+        if path.suffix == ".json":
+            try:
+                return list(enumerate(json.load(f), 1))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e}); expected a JSON list of records") from None
+        records = []
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append((number, json.loads(line)))
+            except json.JSONDecodeError as e:
+                rows.malformed(number, f"not valid JSON: {e}")
+        return records
+
+
+def _convert_all(
+    rows: _Rows, records: Iterable[tuple[int, Any]], convert: Convert, has_b: bool
+) -> tuple[list[Example], int]:
+    for number, record in records:
+        try:
+            text_a, text_b, label = convert(record)
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
+            rows.malformed(number, f"cannot read the record ({type(e).__name__}: {e})")
+            continue
+        rows.add(number, text_a, text_b, label, has_b)
+    return rows.result()
+
+
+def json_reader(
+    files: Mapping[str, str | Path],
+    convert: Convert,
+    labels: tuple[str, ...],
+    *,
+    has_b: bool,
+    hint: str = LAYOUT,
+) -> Reader:
+    """JSON lists (.json, numbered by position) or JSON lines (.jsonl, numbered by line); `convert` maps
+    a record to (text_a, text_b, label); a record it cannot read (a missing key) is malformed. Absolute
+    paths in `files` are read as they are, whatever the data_dir."""
+
+    def read(data_dir: Path, split: str, strict: bool) -> tuple[list[Example], int]:
+        path = _locate(data_dir, files, split, hint)
+        rows = _Rows(str(path), strict, labels, unit="record" if path.suffix == ".json" else "line")
+        return _convert_all(rows, _records(path, rows), convert, has_b)
+
+    return read
+
+
+def hub_reader(
+    path: str,
+    config: str | None,
+    splits: Mapping[str, str],
+    convert: Convert,
+    labels: tuple[str, ...],
+    *,
+    has_b: bool,
+) -> Reader:
+    """A Hugging Face hub dataset (`splits`: our split -> the hub's). Integer labels are indices into
+    `labels` (the hub's ClassLabel order), strings are label names. Needs the optional `datasets`."""
+
+    def read(_: Path, split: str, strict: bool) -> tuple[list[Example], int]:
+        try:
+            import datasets
+        except ImportError:
+            raise ImportError(
+                f"loading {path} from the Hugging Face hub needs the `datasets` package: "
+                f"pip install datasets (or pass a local folder: {LAYOUT})"
+            ) from None
+        hub_split = splits[split]
+        rows = _Rows(f"{path}[{config}]:{hub_split}", strict, labels, by_index=True, unit="row")
+        records = enumerate(datasets.load_dataset(path, config, split=hub_split), 1)
+        return _convert_all(rows, records, convert, has_b)
+
+    return read

@@ -1,0 +1,530 @@
+"""Task registry: the built-in tasks on the real published data (read-only, skipped when absent), their
+quirks (QQP's malformed row, MRPC's BOM and quotes, STS-B scores), errors, hub readers and user tasks.
+
+Expected numbers come from COUNTS.tsv or from an independent, simple parse of the raw files here."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import types
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from rankmix.tasks import Example, get_task, load_custom_task, register_task, task_names
+
+DATA = Path(__file__).parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark data not found at {DATA}")
+
+# (benchmark, task) of COUNTS.tsv -> (our task name, its folder under DATA, file extension).
+PUBLISHED = {
+    ("glue", "CoLA"): ("cola", "glue/CoLA", ".tsv"),
+    ("glue", "SST-2"): ("sst2", "glue/SST-2", ".tsv"),
+    ("glue", "MRPC"): ("mrpc", "glue/MRPC", ".tsv"),
+    ("glue", "STS-B"): ("stsb", "glue/STS-B", ".tsv"),
+    ("glue", "RTE"): ("rte", "glue/RTE", ".tsv"),
+    ("glue", "WNLI"): ("wnli", "glue/WNLI", ".tsv"),
+    ("glue", "QNLI"): ("qnli", "glue/QNLI", ".tsv"),
+    ("glue", "QQP"): ("qqp", "glue/QQP", ".tsv"),
+    ("superglue", "BoolQ"): ("superglue_boolq", "superglue/BoolQ", ".jsonl"),
+    ("superglue", "CB"): ("cb", "superglue/CB", ".jsonl"),
+    ("commonsense", "ARC-Challenge"): ("arc_challenge", "commonsense/ARC-Challenge", ".json"),
+    ("commonsense", "ARC-Easy"): ("arc_easy", "commonsense/ARC-Easy", ".json"),
+    ("commonsense", "openbookqa"): ("openbookqa", "commonsense/openbookqa", ".json"),
+    ("commonsense", "boolq"): ("boolq", "commonsense/boolq", ".json"),
+    ("commonsense", "piqa"): ("piqa", "commonsense/piqa", ".json"),
+    ("commonsense", "social_i_qa"): ("social_i_qa", "commonsense/social_i_qa", ".json"),
+    ("commonsense", "winogrande"): ("winogrande", "commonsense/winogrande", ".json"),
+    ("commonsense", "hellaswag"): ("hellaswag", "commonsense/hellaswag", ".json"),
+    ("commonsenseqa", "CSQA"): ("commonsenseqa", "commonsenseqa", ".jsonl"),
+}
+FILES = {name: (folder, ext) for name, folder, ext in PUBLISHED.values()}
+# Column of the label in the GLUE TSVs (README: CoLA and QQP have no header line).
+TSV_LABEL_COLUMN = {"cola": 1, "sst2": -1, "mrpc": 0, "rte": -1, "wnli": -1, "qnli": -1, "qqp": -1}
+HEADERLESS = {"cola", "qqp"}
+
+
+def counts_rows() -> list[list[str]]:
+    """The rows of COUNTS.tsv for the local data folder (none without the data)."""
+    path = DATA / "COUNTS.tsv"
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [row for row in (line.split("\t") for line in lines[1:]) if row[4] == "data"]
+
+
+COUNTS = {(PUBLISHED[b, t][0], split): int(n) for b, t, split, n, _ in counts_rows() if (b, t) in PUBLISHED}
+
+
+def path_of(name: str, split: str) -> Path:
+    folder, ext = FILES[name]
+    return DATA / folder / f"{split}{ext}"
+
+
+def tsv_lines(name: str, split: str) -> list[str]:
+    """Data lines of a TSV (header dropped), with no csv module: split on newlines only."""
+    lines = path_of(name, split).read_text(encoding="utf-8").split("\n")
+    lines = [line for line in lines if line]
+    return lines if name in HEADERLESS else lines[1:]
+
+
+def malformed_lines(name: str, split: str) -> list[int]:
+    """1-based file line numbers of TSV rows whose number of tabs differs from the file's usual one."""
+    lines = path_of(name, split).read_text(encoding="utf-8").split("\n")
+    tabs = Counter(line.count("\t") for line in lines if line).most_common(1)[0][0]
+    return [i for i, line in enumerate(lines, 1) if line and line.count("\t") != tabs]
+
+
+def raw_records(name: str, split: str) -> list[dict]:
+    path = path_of(name, split)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        return json.loads(text)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def raw_labels(name: str, split: str) -> list[str]:
+    """The label names of a split's well-formed rows, in file order, read straight from the file."""
+    if name in TSV_LABEL_COLUMN:
+        lines = tsv_lines(name, split)
+        tabs = Counter(line.count("\t") for line in lines).most_common(1)[0][0]
+        return [line.split("\t")[TSV_LABEL_COLUMN[name]] for line in lines if line.count("\t") == tabs]
+    key = {"superglue_boolq": "label", "cb": "label", "commonsenseqa": "answerKey"}.get(name, "answer")
+    return [str(r[key]) for r in raw_records(name, split)]
+
+
+@pytest.fixture(scope="session")
+def loaded():
+    """load(name, split) -> (examples, skipped, warning messages), each split read once per session."""
+    if not DATA.is_dir():
+        pytest.skip(f"benchmark data not found at {DATA}")
+    cache: dict[tuple[str, str], tuple[list[Example], int, list[str]]] = {}
+
+    def load(name: str, split: str) -> tuple[list[Example], int, list[str]]:
+        if (name, split) not in cache:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                examples, skipped = get_task(name).load(split, DATA)
+            cache[name, split] = examples, skipped, [str(w.message) for w in caught]
+        return cache[name, split]
+
+    return load
+
+
+# ---------------------------------------------------------------- the registry and its definitions
+
+
+BUILTIN = {
+    "cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli", "superglue_boolq", "cb", "scitail",
+    "boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa",
+    "commonsenseqa",
+}  # fmt: skip
+
+
+def test_builtin_tasks_are_registered_with_consistent_definitions():
+    assert set(task_names()) >= BUILTIN
+    for name in BUILTIN:
+        task = get_task(name)
+        assert task.name == name
+        assert len(task.label_words) == len(task.labels) == (0 if task.regression else task.num_labels)
+        assert len(set(task.labels)) == len(task.labels)
+        assert task.template.endswith("Answer:") and "{text_a}" in task.template
+        assert task.hub is not None
+    # Metrics and regression as the task definitions (GLUE conventions) prescribe.
+    assert get_task("cola").metrics == ("mcc",)
+    assert get_task("mrpc").metrics == get_task("qqp").metrics == ("f1", "accuracy")
+    stsb = get_task("stsb")
+    assert (
+        stsb.regression
+        and stsb.metrics == ("pearson", "spearman")
+        and stsb.labels == ()
+        and stsb.num_labels == 1
+    )
+    others = BUILTIN - {"cola", "mrpc", "qqp", "stsb"}
+    assert all(get_task(n).metrics == ("accuracy",) and not get_task(n).regression for n in others)
+
+
+@needs_data
+def test_every_published_split_maps_to_a_task():
+    rows = counts_rows()
+    assert rows, "COUNTS.tsv lists no local splits"
+    unknown = {(b, t) for b, t, *_ in rows} - set(PUBLISHED)
+    assert not unknown, f"COUNTS.tsv lists tasks this test does not know: {unknown}"
+    assert {s for _, _, s, _, _ in rows} == {"train", "dev"}
+
+
+def test_lookup_is_case_insensitive_and_unknown_names_suggest_the_closest():
+    assert get_task("RTE") is get_task("rte")
+    with pytest.raises(ValueError, match=r"unknown task 'rtee'; did you mean 'rte'\?.*Known tasks:.*cola"):
+        get_task("rtee")
+    with pytest.raises(ValueError, match="did you mean 'social_i_qa'"):
+        get_task("social_iqa")
+
+
+def test_registering_a_taken_name_is_an_error():
+    with pytest.raises(ValueError, match="already registered"):
+        register_task(get_task("rte"))
+
+
+def test_bad_split_name_is_an_error():
+    with pytest.raises(ValueError, match="'train' or 'dev'"):
+        get_task("rte").load("test", DATA)
+
+
+# ---------------------------------------------------------------- every published split
+
+
+@pytest.mark.parametrize("name,split", sorted(COUNTS), ids=[f"{n}-{s}" for n, s in sorted(COUNTS)])
+def test_split_loads_with_published_counts(loaded, name, split):
+    task = get_task(name)
+    examples, skipped, messages = loaded(name, split)
+    expected_skipped = len(malformed_lines(name, split)) if FILES[name][1] == ".tsv" else 0
+    assert skipped == expected_skipped
+    assert len(examples) == COUNTS[name, split] - expected_skipped
+    assert len(messages) == (1 if skipped else 0)
+    pair = "{text_b}" in task.template
+    for ex in examples:
+        assert ex.text_a.strip() and ex.text_a == ex.text_a.strip()
+        assert (ex.text_b is not None and ex.text_b.strip()) if pair else ex.text_b is None
+        if task.regression:
+            assert isinstance(ex.label, float) and 0.0 <= ex.label <= 5.0
+        else:
+            assert isinstance(ex.label, int) and 0 <= ex.label < task.num_labels
+
+
+@pytest.mark.parametrize("name,split", sorted(k for k in COUNTS if k[0] != "stsb"), ids=str)
+def test_labels_follow_the_raw_file_in_order(loaded, name, split):
+    examples, _, _ = loaded(name, split)
+    labels = get_task(name).labels
+    assert [labels[ex.label] for ex in examples] == raw_labels(name, split)
+
+
+@pytest.mark.parametrize("name", sorted({n for n, _ in COUNTS}))
+def test_prompts_and_answers_are_strings_with_the_label_words(loaded, name):
+    task = get_task(name)
+    examples, _, _ = loaded(name, "dev")
+    for ex in examples[:50]:
+        prompt = task.prompt(ex)
+        assert ex.text_a in prompt and prompt.endswith("Answer:")
+        if ex.text_b is not None:
+            assert ex.text_b in prompt
+        answer = task.answer(ex.label)
+        if task.regression:
+            assert float(answer) == pytest.approx(ex.label, abs=0.05)
+        else:
+            assert answer == task.label_words[ex.label]
+
+
+# ---------------------------------------------------------------- quirks of the published files
+
+
+@needs_data
+def test_qqp_malformed_row_is_skipped_with_a_warning_and_raises_under_strict(loaded):
+    bad = {split: malformed_lines("qqp", split) for split in ("train", "dev")}
+    assert len(bad["train"]) == 1 and bad["dev"] == []  # README: one malformed row (in train)
+    _, skipped, messages = loaded("qqp", "train")
+    assert skipped == 1
+    assert "skipped 1 malformed" in messages[0] and "QQP/train.tsv" in messages[0]
+    with pytest.raises(ValueError, match=rf"QQP/train\.tsv, line {bad['train'][0]}: malformed row"):
+        get_task("qqp").load("train", DATA, strict=True)
+
+
+@needs_data
+def test_mrpc_bom_and_unbalanced_quotes(loaded):
+    raw = path_of("mrpc", "train").read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")  # the quirk is there to handle
+    examples, skipped, _ = loaded("mrpc", "train")
+    lines = tsv_lines("mrpc", "train")
+    assert skipped == 0 and len(examples) == len(lines)
+    assert not examples[0].text_a.startswith("\ufeff")
+    unbalanced = [i for i, line in enumerate(lines) if line.count('"') % 2 == 1]
+    assert unbalanced, "expected rows with an odd number of quote characters"
+    for i in [0, *unbalanced[:20]]:
+        fields = lines[i].split("\t")
+        assert (examples[i].text_a, examples[i].text_b) == (fields[3].strip(), fields[4].strip())
+
+
+@needs_data
+def test_stsb_scores_are_the_raw_floats(loaded):
+    for split in ("train", "dev"):
+        examples, _, _ = loaded("stsb", split)
+        scores = [float(line.split("\t")[-1]) for line in tsv_lines("stsb", split)]
+        assert [ex.label for ex in examples] == scores
+        assert all(isinstance(ex.label, float) and 0 <= ex.label <= 5 for ex in examples)
+        assert len(set(scores)) > 10  # real-valued scores, not classes
+
+
+# ---------------------------------------------------------------- errors and the other local layouts
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_label_outside_the_label_set_names_file_line_label_and_allowed(tmp_path):
+    path = write(
+        tmp_path / "glue/RTE/train.tsv",
+        "index\tsentence1\tsentence2\tlabel\n"
+        "0\tA cat sat.\tA cat.\tentailment\n"
+        "1\tA dog ran.\tA dog.\tmaybe\n",
+    )
+    with pytest.raises(
+        ValueError, match=r"train\.tsv, line 3: label 'maybe' .*'entailment', 'not_entailment'"
+    ) as e:
+        get_task("rte").load("train", tmp_path)
+    assert str(path) in str(e.value)
+
+
+def test_missing_data_folder_names_the_expected_path_and_layout(tmp_path):
+    with pytest.raises(
+        FileNotFoundError, match=r"nowhere/glue/RTE/dev\.tsv not found.*--data-dir.*glue/.*superglue/"
+    ):
+        get_task("rte").load("dev", tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=r"commonsense/piqa/train\.json"):
+        get_task("piqa").load("train", tmp_path)
+
+
+def test_mnli_reads_the_glue_layout_with_dev_matched(tmp_path):
+    train_cols = [
+        "index",
+        "promptID",
+        "pairID",
+        "genre",
+        "s1b",
+        "s2b",
+        "s1p",
+        "s2p",
+        "sentence1",
+        "sentence2",
+    ]
+    row = ["0", "1", "1e", "fiction", "(", "(", "(", "(", "A man sleeps.", "Someone rests."]
+    write(
+        tmp_path / "glue/MNLI/train.tsv",
+        "\t".join([*train_cols, "label1", "gold_label"])
+        + "\n"
+        + "\t".join([*row, "neutral", "contradiction"])
+        + "\n",
+    )
+    dev_cols = [*train_cols, "label1", "label2", "label3", "label4", "label5", "gold_label"]
+    dev_row = [*row, "neutral", "neutral", "entailment", "neutral", "neutral", "neutral"]
+    write(tmp_path / "glue/MNLI/dev_matched.tsv", "\t".join(dev_cols) + "\n" + "\t".join(dev_row) + "\n")
+    task = get_task("mnli")
+    (train,), _ = task.load("train", tmp_path)
+    (dev,), _ = task.load("dev", tmp_path)
+    assert (train.text_a, train.text_b, task.labels[train.label]) == (
+        "A man sleeps.",
+        "Someone rests.",
+        "contradiction",
+    )
+    assert task.labels[dev.label] == "neutral" and task.answer(dev.label) == "maybe"
+
+
+def test_scitail_reads_the_headerless_tsv_format(tmp_path):
+    write(
+        tmp_path / "scitail/train.tsv",
+        'Plants need light.\tA "plant" needs light.\tentails\nA.\tB.\tneutral\n',
+    )
+    write(tmp_path / "scitail/dev.tsv", "Water boils.\tIce melts.\tneutral\n")
+    task = get_task("scitail")
+    train, skipped = task.load("train", tmp_path)
+    assert skipped == 0 and [task.labels[e.label] for e in train] == ["entails", "neutral"]
+    assert train[0].text_b == 'A "plant" needs light.'
+    assert task.prompt(train[0]).endswith("yes or no?\nAnswer:")
+
+
+# ---------------------------------------------------------------- hub readers (datasets is optional)
+
+
+def test_hub_loading_without_datasets_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
+    with pytest.raises(ImportError, match="pip install datasets"):
+        get_task("rte").load("dev")
+
+
+def fake_datasets(monkeypatch, rows: list[dict]) -> list[tuple]:
+    """Install a stand-in `datasets` whose load_dataset returns `rows`; returns the calls it saw."""
+    calls: list[tuple] = []
+
+    def load_dataset(path, name=None, split=None):
+        calls.append((path, name, split))
+        return rows
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    return calls
+
+
+def test_hub_class_indices_and_booleans_map_to_labels(monkeypatch):
+    calls = fake_datasets(monkeypatch, [{"sentence1": " A. ", "sentence2": "B.", "label": 1, "idx": 0}])
+    (ex,), skipped = get_task("rte").load("dev")
+    assert (ex.text_a, ex.text_b, ex.label, skipped) == ("A.", "B.", 1, 0)
+    assert calls == [("nyu-mll/glue", "rte", "validation")]
+
+    fake_datasets(monkeypatch, [{"question": "is it", "passage": "It is.", "label": 1, "idx": 3}])
+    (ex,), _ = get_task("superglue_boolq").load("train")
+    assert get_task("superglue_boolq").labels[ex.label] == "true"
+
+    fake_datasets(monkeypatch, [{"sentence1": "A.", "sentence2": "B.", "label": 7}])
+    with pytest.raises(ValueError, match="label index 7"):
+        get_task("rte").load("dev")
+
+
+def test_hub_rows_missing_a_column_are_malformed(monkeypatch):
+    fake_datasets(monkeypatch, [{"sentence1": "A.", "sentence2": "B.", "label": 0}, {"sentence1": "A."}])
+    with pytest.warns(UserWarning, match="skipped 1 malformed"):
+        examples, skipped = get_task("rte").load("train")
+    assert (len(examples), skipped) == (1, 1)
+
+
+def hub_row_from_local(name: str, record: dict) -> dict:
+    """The original dataset's row (hub columns) that the local LLM-Adapters / CSQA record was made from,
+    recovered by parsing the local text."""
+    text = record.get("instruction", "")
+    if name == "boolq":
+        question = re.search(r"question: (.*)\?\n\n", text).group(1)
+        return {"question": question, "passage": "", "answer": record["answer"] == "true"}
+    if name == "piqa":
+        goal, sol1, sol2 = re.search(
+            r"question: (.*)\n\nSolution1: (.*)\n\nSolution2: (.*)\n\n", text, re.S
+        ).groups()
+        return {"goal": goal, "sol1": sol1, "sol2": sol2, "label": int(record["answer"][-1]) - 1}
+    if name == "winogrande":
+        sentence, o1, o2 = re.search(
+            r"sentence: (.*)\n\nOption1: (.*) Option2: (.*) Answer format", text
+        ).groups()
+        return {"sentence": sentence, "option1": o1, "option2": o2, "answer": record["answer"][-1]}
+    if name in ("arc_easy", "openbookqa"):
+        question, options = re.search(
+            r"question: (.*)\n\n(Answer1: .*)\n\nAnswer format", text, re.S
+        ).groups()
+        texts = re.split(r" ?Answer\d: ", options)[1:]
+        letters = "ABCDE"[: len(texts)]
+        key = "question" if name == "arc_easy" else "question_stem"
+        answer = letters[int(record["answer"][-1]) - 1]
+        return {key: question, "choices": {"text": texts, "label": list(letters)}, "answerKey": answer}
+    assert name == "commonsenseqa"
+    choices = record["question"]["choices"]
+    return {
+        "question": record["question"]["stem"],
+        "choices": {"label": [c["label"] for c in choices], "text": [c["text"] for c in choices]},
+        "answerKey": record["answerKey"],
+    }
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["boolq", "piqa", "winogrande", "arc_easy", "openbookqa", "commonsenseqa"])
+def test_hub_rows_format_like_the_local_files(monkeypatch, loaded, name):
+    records = raw_records(name, "dev")[:25]
+    local, _, _ = loaded(name, "dev")
+    fake_datasets(monkeypatch, [hub_row_from_local(name, r) for r in records])
+    hub, skipped = get_task(name).load("dev")
+    assert skipped == 0 and hub == local[: len(records)]
+
+
+# ---------------------------------------------------------------- user tasks from YAML
+
+
+def custom_files(tmp_path: Path, yaml_text: str, train: list, dev: list | None = None) -> Path:
+    """A YAML in tmp_path (its {name} replaced by a name unique to the test) and its JSONL files."""
+    for split, rows in (("train", train), ("dev", dev if dev is not None else train)):
+        write(tmp_path / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    return write(tmp_path / "task.yaml", yaml_text.replace("{name}", f"custom_{tmp_path.name}"))
+
+
+SENTIMENT = """\
+name: {name}
+data: {train: train.jsonl, dev: dev.jsonl}
+text_fields: [review]
+label_field: label
+labels: [neg, pos]
+label_words: [negative, positive]
+metrics: [accuracy, f1]
+template: "Review: {text_a}\\nSentiment:"
+"""
+ROWS = [
+    {"review": "Great film.", "label": "pos"},
+    {"review": "Dull.", "label": "neg"},
+    {"review": "Fine.", "label": "pos"},
+]
+
+
+def test_custom_task_loads_prompts_and_scores(tmp_path):
+    task = load_custom_task(custom_files(tmp_path, SENTIMENT, ROWS, ROWS[:2]))
+    assert get_task(task.name.upper()) is task
+    train, skipped = task.load("train")
+    assert skipped == 0 and len(train) == len(ROWS)
+    assert [task.labels[e.label] for e in train] == [r["label"] for r in ROWS]
+    assert task.load("dev", DATA)[0] == train[:2]  # its own files, whatever data_dir a recipe passes
+    assert (
+        task.prompt(train[0]) == "Review: Great film.\nSentiment:"
+        and task.answer(train[0].label) == "positive"
+    )
+    references = [e.label for e in train]
+    assert task.score(references, references) == {"accuracy": 1.0, "f1": 1.0, "score": 1.0}
+    # Predict all positive: accuracy 2/3; F1 of class 1 = 2*2 / (2*2 + 1 + 0) = 0.8.
+    scores = task.score([1, 1, 1], references)
+    assert scores["accuracy"] == pytest.approx(2 / 3) and scores["f1"] == pytest.approx(0.8)
+
+
+def test_custom_regression_pair_task(tmp_path):
+    yaml_text = "name: {name}\ndata: {train: train.jsonl}\ntext_fields: [a, b]\nlabel_field: y\n"
+    rows = [{"a": "x", "b": "y", "y": 1.5}, {"a": "p", "b": "q", "y": "4"}, {"a": "m", "b": "n", "y": 0}]
+    task = load_custom_task(custom_files(tmp_path, yaml_text, rows))
+    assert task.regression and task.metrics == ("pearson", "spearman") and task.num_labels == 1
+    examples, _ = task.load("train")
+    assert [e.label for e in examples] == [1.5, 4.0, 0.0] and examples[0].text_b == "y"
+    assert task.prompt(examples[0]) == "x\ny\nAnswer:" and task.answer(1.5) == "1.5"
+    with pytest.raises(ValueError, match="no 'dev' split"):
+        task.load("dev")
+
+
+@pytest.mark.parametrize(
+    "change,error",
+    [
+        (("labels:", "lables:"), r"unknown key 'lables'; did you mean 'labels'\?"),
+        (("label_field: label\n", ""), r"missing required key\(s\) label_field"),
+        (("[accuracy, f1]", "[accuracy, auc]"), r"unknown metric 'auc'; known metrics: accuracy, f1, mcc"),
+        (("[accuracy, f1]", "[pearson]"), "metric 'pearson' does not apply to a classification task"),
+        (("[negative, positive]", "[negative]"), "1 label_words for 2 labels"),
+        (("Review: {text_a}", "Review: {txt}"), r"template uses \['txt'\]"),
+        (("dev.jsonl}", "missing.jsonl}"), r"the dev file .*missing\.jsonl does not exist"),
+    ],
+)
+def test_custom_task_bad_yaml_is_a_clear_error(tmp_path, change, error):
+    old, new = change
+    assert old in SENTIMENT
+    path = custom_files(tmp_path, SENTIMENT.replace(old, new), ROWS)
+    with pytest.raises((ValueError, FileNotFoundError), match=error):
+        load_custom_task(path)
+
+
+def test_custom_task_bad_label_names_row_and_allowed_labels(tmp_path):
+    task = load_custom_task(
+        custom_files(tmp_path, SENTIMENT, [*ROWS, {"review": "Meh.", "label": "neutral"}])
+    )
+    with pytest.raises(ValueError, match=r"train\.jsonl, line 4: label 'neutral' .*\('neg', 'pos'\)"):
+        task.load("train")
+
+
+def test_custom_task_row_missing_a_field_is_skipped_or_raised(tmp_path):
+    rows = [*ROWS[:1], {"label": "neg"}, {"review": "", "label": "pos"}, *ROWS[1:]]
+    task = load_custom_task(custom_files(tmp_path, SENTIMENT, rows))
+    with pytest.warns(UserWarning, match=r"skipped 2 malformed row\(s\) in .*train\.jsonl \(first: line 2"):
+        examples, skipped = task.load("train")
+    assert (len(examples), skipped) == (len(ROWS), 2)
+    with pytest.raises(ValueError, match=r"train\.jsonl, line 2: malformed row .*'review'"):
+        task.load("train", strict=True)
+
+
+def test_custom_task_name_taken_is_an_error(tmp_path):
+    path = custom_files(tmp_path, SENTIMENT, ROWS)
+    load_custom_task(path)
+    with pytest.raises(ValueError, match="already registered"):
+        load_custom_task(path)
+    with pytest.raises(ValueError, match="already registered"):
+        load_custom_task(custom_files(tmp_path, SENTIMENT.replace("{name}", "rte"), ROWS))
