@@ -26,8 +26,12 @@ def _adapter_run(folder: str, overrides: list[str], splits: tuple[str, ...] = ()
 def cmd_train(args: argparse.Namespace) -> None:
     from .recipes.train import format_table, train
 
+    from accelerate import PartialState
+
     cfg = load_run_config(args.config, args.set)
     results = train(cfg, overwrite=args.overwrite, progress=not args.no_progress)
+    if not PartialState().is_main_process:
+        return
     print(format_table(results["tasks"]))
     if results["selected_ranks"]:
         print("mean selected rank per task:", {k: round(v, 2) for k, v in results["selected_ranks"].items()})

@@ -127,7 +127,7 @@ def save_adapter(run: Run, folder: Path) -> None:
 
 def load_adapter(run: Run, folder: Path) -> None:
     """Load a saved adapter (and heads) into a freshly prepared run."""
-    loaded = RankMixModel.from_pretrained(run.adapted.unload(), folder)
+    loaded = RankMixModel.from_pretrained(run.adapted.unload(), folder, is_trainable=True)
     run.adapted = loaded
     if isinstance(run.model, MultiTaskHeads):
         run.model.body = loaded
@@ -188,7 +188,7 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dict:
     """Train, evaluate every `eval_every` steps and at the end, keep the best adapter; returns results."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -202,7 +202,12 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "run.yaml")
     t = cfg.train
-    accelerator = Accelerator(mixed_precision=t.mixed_precision)
+    # cpu=True when no GPU is present, so that torchrun / accelerate launch on CPUs run data-parallel (gloo)
+    # encoder heads: a single-task batch leaves the other tasks' heads unused, which DDP must be told
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=run.family == "encoder")
+    accelerator = Accelerator(
+        mixed_precision=t.mixed_precision, cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp]
+    )
     params = [p for p in run.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, t.warmup_steps, t.steps)
@@ -307,11 +312,21 @@ def _results(run: Run, state: dict, wall: float) -> dict:
         "best_step": state["best_step"],
         "average": best["average"],
         "tasks": best["tasks"],
-        "parameters": run.adapted.parameter_counts(),
+        "parameters": _parameters(run),
         "selected_ranks": _mean_ranks(run.adapted),
         "wall_time_s": round(wall, 1),
         "history": state["history"],
     }
+
+
+def _parameters(run: Run) -> dict[str, int]:
+    """The adapter's counts; for encoders the task heads are trainable too and counted as such."""
+    counts = run.adapted.parameter_counts()
+    if isinstance(run.model, MultiTaskHeads):
+        counts["heads"] = sum(p.numel() for p in run.model.heads.parameters())
+        counts["trainable"] += counts["heads"]
+        counts["total"] += counts["heads"]
+    return counts
 
 
 def _mean_ranks(adapted: RankMixModel) -> dict[str, float] | None:
