@@ -24,9 +24,9 @@ def _adapter_run(folder: str, overrides: list[str], splits: tuple[str, ...] = ()
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .recipes.train import format_table, train
-
     from accelerate import PartialState
+
+    from .recipes.train import format_table, train
 
     cfg = load_run_config(args.config, args.set)
     results = train(cfg, overwrite=args.overwrite, progress=not args.no_progress)

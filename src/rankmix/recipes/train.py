@@ -195,6 +195,10 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
 
     start_time = time.time()
     out = Path(cfg.output_dir)
+
+    def elapsed() -> float:
+        return time.time() - start_time
+
     checkpoint = out / "checkpoint.pt"
     if overwrite and out.exists():
         shutil.rmtree(out)
@@ -255,7 +259,7 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
             if accelerator.is_main_process:
                 save_adapter(run, out / "adapter")
         if accelerator.is_main_process:
-            write_json(out / "results.json", _results(run, state, time.time() - start_time))
+            write_json(out / "results.json", _results(run, state, elapsed(), accelerator.num_processes))
             save_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, sampler, state)
 
     model.train()
@@ -299,10 +303,10 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
         if log:
             log.close()
             writer.close()
-    return _results(run, state, time.time() - start_time)
+    return _results(run, state, elapsed(), accelerator.num_processes)
 
 
-def _results(run: Run, state: dict, wall: float) -> dict:
+def _results(run: Run, state: dict, wall: float, processes: int) -> dict:
     best = state["best"] or {"average": None, "tasks": {}}
     return {
         "model": run.config.model,
@@ -315,6 +319,7 @@ def _results(run: Run, state: dict, wall: float) -> dict:
         "parameters": _parameters(run),
         "selected_ranks": _mean_ranks(run.adapted),
         "wall_time_s": round(wall, 1),
+        "processes": processes,
         "history": state["history"],
     }
 
