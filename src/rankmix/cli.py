@@ -66,9 +66,8 @@ def cmd_merge(args: argparse.Namespace) -> None:
     from .heads import MultiTaskHeads
 
     run, _ = _adapter_run(args.adapter, args.set)
+    _require_task(run, args.task)
     names = [t.name for t in run.tasks]
-    if args.task is not None and args.task not in names:
-        raise ValueError(f"unknown task {args.task!r}; this adapter was trained on {names}")
     heads = run.model.heads if isinstance(run.model, MultiTaskHeads) else None
     if heads is not None and args.task is None:
         raise ValueError(f"pass --task: every task has its own head ({names})")
@@ -86,8 +85,17 @@ def cmd_merge(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     run, _ = _adapter_run(args.adapter, args.set)
+    _require_task(run, args.task)
     path = run.adapted.export_lora(task=args.task, path=args.out)
     print(f"PEFT LoRA adapter for task {args.task!r} written to {path}")
+
+
+def _require_task(run, task: str | None) -> None:
+    names = [t.name for t in run.tasks]
+    if task is None and run.adapted.adapter_config.task_names:
+        raise ValueError(f"pass --task (one of {names}): each task merges and exports differently")
+    if task is not None and task not in names:
+        raise ValueError(f"unknown task {task!r}; this adapter was trained on {names}")
 
 
 def _allocation(adapted) -> dict[str, list[int]]:

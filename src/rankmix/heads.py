@@ -32,7 +32,7 @@ class MultiTaskHeads(nn.Module):
         for t in task_ids.unique().tolist():
             rows = (task_ids == t).nonzero().squeeze(-1)
             task_logits = self.heads[t](pooled[rows])
-            logits[rows, : task_logits.shape[-1]] = task_logits
+            logits[rows, : task_logits.shape[-1]] = task_logits.to(logits.dtype)
             if labels is not None:
                 target = labels[rows]
                 if self.regression[t]:

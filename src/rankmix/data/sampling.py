@@ -36,6 +36,8 @@ class TaskSampler:
         seed: int = 0,
         rank: int = 0,
     ) -> None:
+        if mode not in ("single", "mixed"):
+            raise ValueError(f"batch mode must be 'single' or 'mixed', got {mode!r}")
         if not sizes or min(sizes) <= 0:
             raise ValueError(f"every task needs training examples; sizes per task: {sizes}")
         self.sizes, self.batch_size, self.mode = list(sizes), batch_size, mode
@@ -63,7 +65,11 @@ class TaskSampler:
         return [(t, self._take(t)) for t in tasks]
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "orders": self.orders, "cursors": list(self.cursors)}
+        return {
+            "generator": self.generator.get_state(),
+            "orders": [o.clone() for o in self.orders],
+            "cursors": list(self.cursors),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])

@@ -90,8 +90,10 @@ class TaskRankSelector(nn.Module):
         self.pooling = pooling
 
     def probs(self) -> torch.Tensor:
-        """(n_tasks, n_experts) selection probabilities."""
-        return F.softmax(self.gate(self.task_embedding), dim=-1)
+        """(n_tasks, n_experts) selection probabilities, in full precision even under autocast, so that
+        mixed-precision training selects the expert that evaluation and merging select."""
+        with torch.autocast(self.task_embedding.device.type, enabled=False):
+            return F.softmax(self.gate(self.task_embedding), dim=-1)
 
     def selected(self) -> torch.Tensor:
         """Index of the chosen expert for every task."""

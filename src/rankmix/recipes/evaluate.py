@@ -7,6 +7,7 @@ on a generative model scores the answers 0..5 and predicts their probability-wei
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -99,14 +100,17 @@ def _generate(model, family, tokenizer, task, chunk, ids, max_length) -> list[fl
 def _parse(task: Task, text: str) -> float:
     """The first label word (or number) in generated text; -1 (always wrong) when there is none."""
     words = text.strip().lower().replace(",", " ").split()
-    for word in words:
+    for word in (w.strip(".!?") for w in words):
         if task.regression:
             try:
-                return float(word)
+                value = float(word)
             except ValueError:
                 continue
+            if math.isfinite(value):
+                return value
+            continue
         for i, label in enumerate(task.label_words):
-            if word.strip(".!?") == label.lower():
+            if word == label.lower():
                 return float(i)
     return -1.0
 
@@ -125,10 +129,12 @@ def evaluate(
     was_training = model.training
     model.eval()
     results = {}
-    for t, (task, examples) in enumerate(zip(tasks, dev_sets, strict=True)):
-        preds = predict(model, family, tokenizer, task, t, examples, batch_size, max_length, mode)
-        results[task.name] = task.score(preds, [e.label for e in examples])
-    model.train(was_training)
+    try:
+        for t, (task, examples) in enumerate(zip(tasks, dev_sets, strict=True)):
+            preds = predict(model, family, tokenizer, task, t, examples, batch_size, max_length, mode)
+            results[task.name] = task.score(preds, [e.label for e in examples])
+    finally:
+        model.train(was_training)
     return results
 
 

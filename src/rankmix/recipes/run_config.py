@@ -50,12 +50,14 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"train.{name} must be a positive integer or null, got {value!r}")
-        if not self.lr > 0 or not self.weight_decay >= 0 or self.warmup_steps < 0:
-            raise ValueError("train.lr must be > 0, train.weight_decay >= 0 and train.warmup_steps >= 0")
+        for name, low in (("lr", None), ("weight_decay", 0), ("warmup_steps", 0), ("temperature", None)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"train.{name} must be a number, got {value!r}")
+            if (low is None and not value > 0) or (low is not None and not value >= low):
+                raise ValueError(f"train.{name} must be {'> 0' if low is None else f'>= {low}'}, got {value}")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"train.sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"train.temperature must be positive, got {self.temperature}")
         if self.batch_mode not in BATCH_MODES:
             raise ValueError(f"train.batch_mode must be one of {BATCH_MODES}, got {self.batch_mode!r}")
         if self.mixed_precision not in PRECISIONS:
@@ -79,6 +81,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        if self.train is None:
+            self.train = TrainConfig()
         if isinstance(self.train, dict):
             self.train = _build(TrainConfig, self.train, "train.")
         if isinstance(self.tasks, str) or not self.tasks:
@@ -113,7 +117,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     for key in data:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; known keys: {sorted(known)}"
+            hint = f"; did you mean {prefix + close[0]!r}?" if close else f"; known keys: {sorted(known)}"
             raise ValueError(f"unknown option {prefix}{key!r}{hint}")
     missing = [
         f.name

@@ -9,7 +9,6 @@ import random
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -60,14 +59,14 @@ def _subset(examples: list[Example], cap: int | None, seed: int) -> list[Example
 
 
 def load_data(cfg: RunConfig, tasks: list[Task], splits: tuple[str, ...] = ("train", "dev")) -> dict:
-    """Every split of every task, capped per task with the seed; malformed rows are counted and reported."""
+    """Every split of every task, capped per task with the seed."""
     data: dict[str, list[list[Example]]] = {s: [] for s in splits}
     caps = {"train": cfg.train.max_train_examples, "dev": cfg.train.max_eval_examples}
     for task in tasks:
         for split in splits:
-            examples, skipped = task.load(split, cfg.data_dir, strict=cfg.strict)
-            if skipped:
-                warnings.warn(f"{task.name}/{split}: skipped {skipped} malformed row(s)", stacklevel=2)
+            examples, _ = task.load(
+                split, cfg.data_dir, strict=cfg.strict
+            )  # the reader warns of skipped rows
             if not examples:
                 raise ValueError(f"{task.name}/{split} has no examples; check data_dir={cfg.data_dir!r}")
             data[split].append(_subset(examples, caps[split], cfg.train.seed))
@@ -156,15 +155,37 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, sampler, state: dic
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, sampler) -> dict:
+def _resume_key(cfg: RunConfig) -> dict[str, Any]:
+    """The options a resumed run must share with the run that wrote the checkpoint (it may train longer)."""
+    flat = {}
+    for key, value in cfg.to_dict().items():
+        if key == "train":
+            flat.update({f"train.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    for key in ("output_dir", "train.steps", "train.eval_every", "train.log_every"):
+        flat.pop(key)
+    return flat
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, sampler, resume_key: dict[str, Any]) -> dict:
+    """Restore a run's training state; a checkpoint of another configuration is refused, untouched."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise ValueError(f"checkpoint {path} is unreadable ({e}); delete it or pass --overwrite") from None
+    saved = ckpt["state"].get("config", {})
+    differ = sorted(k for k in set(saved) | set(resume_key) if saved.get(k) != resume_key.get(k))
     params = _trainable(model)
-    if set(ckpt["params"]) != set(params):
+    if not differ and (
+        set(ckpt["params"]) != set(params)
+        or any(ckpt["params"][n].shape != p.shape for n, p in params.items())
+    ):
+        differ = ["parameter shapes"]
+    if differ:
         raise ValueError(
-            f"checkpoint {path} was written by another configuration; pass --overwrite to restart"
+            f"{path} belongs to a run with another configuration (it differs in {differ}); "
+            "pass --overwrite to start afresh, or choose another output_dir"
         )
     with torch.no_grad():
         for n, p in params.items():
@@ -203,8 +224,6 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
     if overwrite and out.exists():
         shutil.rmtree(out)
     run = prepare(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "run.yaml")
     t = cfg.train
     # cpu=True when no GPU is present, so that torchrun / accelerate launch on CPUs run data-parallel (gloo)
     # encoder heads: a single-task batch leaves the other tasks' heads unused, which DDP must be told
@@ -224,10 +243,13 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
         seed=t.seed,
         rank=accelerator.process_index,
     )
-    state = {"step": 0, "best": None, "best_step": None, "history": []}
+    state = {"step": 0, "best": None, "best_step": None, "history": [], "config": _resume_key(cfg)}
     if checkpoint.exists():
-        state = load_checkpoint(checkpoint, run.model, optimizer, scheduler, sampler)
+        state = load_checkpoint(checkpoint, run.model, optimizer, scheduler, sampler, _resume_key(cfg))
         accelerator.print(f"resuming {out} from step {state['step']}")
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "run.yaml")
     model, optimizer, scheduler = accelerator.prepare(run.model, optimizer, scheduler)
     writer = SummaryWriter(str(out / "tb")) if accelerator.is_main_process else None
     log = (out / "metrics.jsonl").open("a") if accelerator.is_main_process else None
@@ -255,7 +277,13 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
         emit({"step": step, "eval/average": avg, **{f"eval/{k}": r["score"] for k, r in results.items()}})
         state["history"].append({"step": step, "average": avg, "tasks": results})
         if state["best"] is None or avg > state["best"]["average"]:
-            state["best"], state["best_step"] = {"average": avg, "tasks": results}, step
+            state["best_step"] = step
+            state["best"] = {
+                "average": avg,
+                "tasks": results,
+                "parameters": _parameters(run),
+                "selected_ranks": _mean_ranks(run.adapted),
+            }
             if accelerator.is_main_process:
                 save_adapter(run, out / "adapter")
         if accelerator.is_main_process:
@@ -307,7 +335,12 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
 
 
 def _results(run: Run, state: dict, wall: float, processes: int) -> dict:
-    best = state["best"] or {"average": None, "tasks": {}}
+    best = state["best"] or {
+        "average": None,
+        "tasks": {},
+        "parameters": _parameters(run),
+        "selected_ranks": None,
+    }
     return {
         "model": run.config.model,
         "method": run.config.method,
@@ -316,8 +349,8 @@ def _results(run: Run, state: dict, wall: float, processes: int) -> dict:
         "best_step": state["best_step"],
         "average": best["average"],
         "tasks": best["tasks"],
-        "parameters": _parameters(run),
-        "selected_ranks": _mean_ranks(run.adapted),
+        "parameters": best["parameters"],  # of the saved (best) adapter
+        "selected_ranks": best["selected_ranks"],
         "wall_time_s": round(wall, 1),
         "processes": processes,
         "history": state["history"],

@@ -43,7 +43,9 @@ class Task:
         return self.template.format(text_a=example.text_a, text_b=example.text_b or "")
 
     def answer(self, label: int | float) -> str:
-        return f"{label:.1f}" if self.regression else self.label_words[int(label)]
+        """The target text: the label word, or for regression the rounded score, so that generative
+        training targets are the candidates evaluation scores (0..5 for STS-B)."""
+        return str(round(label)) if self.regression else self.label_words[int(label)]
 
     def load(
         self, split: str, data_dir: str | Path | None = None, strict: bool = False

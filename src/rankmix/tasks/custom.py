@@ -117,18 +117,19 @@ def _template(spec: dict[str, Any], pair: bool, where: str) -> str:
     return template
 
 
-_LOADED: dict[Path, Task] = {}
+_LOADED: dict[tuple[Path, str], Task] = {}  # (file, its text): loading it again returns the same task
 
 
 def load_custom_task(path: str | Path) -> Task:
     """Read, check and register the task a YAML file describes, and return it (once per file: loading
     the same file again returns the registered task)."""
     path = Path(path)
-    if path.resolve() in _LOADED:
-        return _LOADED[path.resolve()]
     where = str(path)
-    with path.open(encoding="utf-8") as f:
-        spec = yaml.safe_load(f)
+    text = path.read_text(encoding="utf-8")
+    key = (path.resolve(), text)
+    if key in _LOADED:
+        return _LOADED[key]
+    spec = yaml.safe_load(text)
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: expected a YAML mapping of task settings, got {type(spec).__name__}")
     _check_keys(spec, where)
@@ -151,5 +152,5 @@ def load_custom_task(path: str | Path) -> Task:
     convert = columns(text_fields[0], text_fields[1] if pair else None, label_field)
     reader = json_reader(files, convert, labels, has_b=pair, hint=f"named in {where}")
     task = register_task(Task(name, labels, words, metrics, template, reader, reader, regression=regression))
-    _LOADED[path.resolve()] = task
+    _LOADED[key] = task
     return task

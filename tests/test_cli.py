@@ -1,0 +1,870 @@
+"""End-to-end tests of the `rankmix` command line: train | eval | merge | export-lora | inspect | plot on
+tiny random Llama, T5 and BERT models saved to folders (as a user would point `model:` at them), trained
+for a few steps on real GLUE slices from the shared data folder; resume after an interruption; task
+metrics against hand-computed values; bad input that must fail early with a clear message."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import itertools
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from rankmix import RankMixModel
+from rankmix.cli import main
+from rankmix.model import layer_index
+from rankmix.tasks import Example, get_task
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data from the project root
+TASKS = ["rte", "stsb", "cola"]
+FAMILIES = ("decoder", "seq2seq", "encoder")
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "<s>", "</s>"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ATOL = 1e-5
+
+pytestmark = pytest.mark.skipif(not (DATA / "glue").is_dir(), reason=f"no benchmark data in {DATA}")
+
+
+# -- helpers --------------------------------------------------------------------------------------------
+def cli(*args: object) -> tuple[int, str, str]:
+    """Run `rankmix ARGS` in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
+def ok(*args: object) -> str:
+    """Run `rankmix ARGS` in-process, require success, return stdout."""
+    code, out, err = cli(*args)
+    assert code == 0, f"rankmix {' '.join(map(str, args))} exited {code}: {err}"
+    return out
+
+
+def fails(capsys, *args: object) -> str:
+    """Run `rankmix ARGS`, require exit code 2 (a user error), return its stderr message."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    prefix = f"rankmix {args[0]}: error: "
+    messages = [line for line in err.splitlines() if line.startswith(prefix)]
+    assert len(messages) == 1, err  # one message, not a traceback
+    return messages[0][len(prefix) :]
+
+
+def recipe_dict(model: Path, out: Path, tasks=TASKS, method: dict | None = None, **train) -> dict:
+    """A tiny recipe on the real data: each training run takes seconds."""
+    return {
+        "model": str(model),
+        "tasks": list(tasks),
+        "data_dir": str(DATA),
+        "output_dir": str(out),
+        "method": method or {"method": "more", "max_rank": 4, "target_modules": "all-linear"},
+        "train": {
+            "steps": 8,
+            "batch_size": 4,
+            "lr": 1.0e-2,
+            "warmup_steps": 1,
+            "eval_every": 4,
+            "log_every": 2,
+            "max_train_examples": 32,
+            "max_eval_examples": 12,
+            "max_length": 64,
+            "seed": 0,
+            **train,
+        },
+    }
+
+
+def write_recipe(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def auto_class(family: str):
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    return {"decoder": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "encoder": AutoModel}[family]
+
+
+def output_of(out) -> torch.Tensor:
+    logits = out.get("logits") if hasattr(out, "get") else None
+    return logits if logits is not None else out["last_hidden_state"]
+
+
+def model_inputs(family: str, tokenizer, task: str) -> dict[str, torch.Tensor]:
+    """Two real dev examples of `task` as the family reads them (prompt + answer for T5's decoder)."""
+    t = get_task(task)
+    examples, _ = t.load("dev", DATA)
+    examples = examples[:2]
+    if family == "encoder":
+        return dict(
+            tokenizer(
+                [e.text_a for e in examples],
+                [e.text_b or "" for e in examples] if examples[0].text_b else None,
+                padding=True,
+                return_tensors="pt",
+            )
+        )
+    enc = dict(tokenizer([t.prompt(e) for e in examples], padding=True, return_tensors="pt"))
+    if family == "seq2seq":
+        answers = [tokenizer(t.answer(e.label))["input_ids"] for e in examples]
+        width = max(len(a) for a in answers)
+        rows = [[0, *a] + [0] * (width - len(a)) for a in answers]  # decoder_start_token_id = pad = 0
+        enc["decoder_input_ids"] = torch.tensor(rows)
+    return enc
+
+
+# -- tiny models a user could point `model:` at ------------------------------------------------------
+def _corpus() -> list[str]:
+    """A few hundred lines of each task's training file, the prompts and the answer words."""
+    lines: list[str] = []
+    for rel in ("glue/RTE/train.tsv", "glue/CoLA/train.tsv", "glue/STS-B/train.tsv"):
+        with (DATA / rel).open(encoding="utf-8") as f:
+            lines += list(itertools.islice(f, 300))
+    for name in TASKS:
+        task = get_task(name)
+        lines += [task.template, " ".join(task.label_words)]
+    lines.append("0 1 2 3 4 5 6 7 8 9 . yes no")
+    return lines
+
+
+def _tokenizer(encoder: bool):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(_corpus(), trainers.WordLevelTrainer(special_tokens=SPECIALS))
+    extra = {}
+    if encoder:  # BERT-style: [CLS] a [SEP] b [SEP], with token type ids
+        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+        )
+        extra["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        bos_token="<s>",
+        eos_token="</s>",
+        **extra,
+    )
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory) -> dict[str, Path]:
+    """{family: folder} of tiny random models with their tokenizers, plus a ViT (non-text) config."""
+    from transformers import (
+        BertConfig,
+        BertModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        T5Config,
+        T5ForConditionalGeneration,
+        ViTConfig,
+    )
+
+    root = tmp_path_factory.mktemp("models")
+    text_tok, enc_tok = _tokenizer(encoder=False), _tokenizer(encoder=True)
+    vocab = len(text_tok)
+    assert text_tok.pad_token_id == 0
+    eos, bos = text_tok.eos_token_id, text_tok.bos_token_id
+    torch.manual_seed(0)
+    built = {
+        "decoder": (
+            LlamaForCausalLM(
+                LlamaConfig(
+                    hidden_size=32,
+                    intermediate_size=64,
+                    num_hidden_layers=2,
+                    num_attention_heads=4,
+                    num_key_value_heads=2,
+                    vocab_size=vocab,
+                    max_position_embeddings=128,
+                    pad_token_id=0,
+                    bos_token_id=bos,
+                    eos_token_id=eos,
+                )
+            ),
+            text_tok,
+        ),
+        "seq2seq": (
+            T5ForConditionalGeneration(
+                T5Config(
+                    d_model=32,
+                    d_ff=64,
+                    d_kv=8,
+                    num_layers=2,
+                    num_heads=4,
+                    vocab_size=vocab,
+                    pad_token_id=0,
+                    eos_token_id=eos,
+                    decoder_start_token_id=0,
+                )
+            ),
+            text_tok,
+        ),
+        "encoder": (
+            BertModel(
+                BertConfig(
+                    hidden_size=32,
+                    num_hidden_layers=2,
+                    num_attention_heads=4,
+                    intermediate_size=64,
+                    vocab_size=vocab,
+                    max_position_embeddings=128,
+                    pad_token_id=0,
+                )
+            ),
+            enc_tok,
+        ),
+    }
+    dirs = {}
+    for family, (model, tokenizer) in built.items():
+        dirs[family] = root / family
+        model.save_pretrained(dirs[family])
+        tokenizer.save_pretrained(dirs[family])
+    dirs["vit"] = root / "vit"
+    ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    ).save_pretrained(dirs["vit"])
+    return dirs
+
+
+class Runs:
+    """Training runs shared by the tests of this module, trained on first use."""
+
+    def __init__(self, models: dict[str, Path], root: Path) -> None:
+        self.models, self.root = models, root
+        self.done: dict[str, tuple[Path, str]] = {}
+
+    def recipe(self, name: str, family: str, **kw) -> Path:
+        data = recipe_dict(self.models[family], self.root / name, **kw)
+        return write_recipe(self.root / f"{name}.yaml", data)
+
+    def get(self, family: str, method: str = "more") -> tuple[Path, str]:
+        """(run folder, stdout of `rankmix train`)."""
+        name = f"{family}-{method}"
+        if name not in self.done:
+            if method == "more":
+                path = self.recipe(name, family)
+            else:  # token routing: HiLo, 1 expert of rank 2 in layer 0, 2 of rank 4 in layer 1
+                hilo = {"method": "hilo", "experts": "12", "ranks": "24", "top_k": 1}
+                path = self.recipe(name, family, tasks=["rte", "cola"], method=hilo)
+            stdout = ok("train", path, "--no-progress")
+            self.done[name] = (self.root / name, stdout)
+        return self.done[name]
+
+
+@pytest.fixture(scope="module")
+def runs(model_dirs, tmp_path_factory) -> Runs:
+    return Runs(model_dirs, tmp_path_factory.mktemp("runs"))
+
+
+def reference_model(model_dirs, family: str, run: Path) -> RankMixModel:
+    """The best adapter of `run` on a freshly loaded base, in eval mode."""
+    base = auto_class(family).from_pretrained(model_dirs[family])
+    return RankMixModel.from_pretrained(base, run / "adapter").eval()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# -- 1. train / eval / merge / export-lora / inspect / plot on each model family -----------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_train_writes_results_metrics_and_adapter(runs, model_dirs, family):
+    run, stdout = runs.get(family)
+    results = json.loads((run / "results.json").read_text())
+    assert results["family"] == family
+    assert results["steps"] == 8
+    assert results["best_step"] in (4, 8)
+    assert set(results["tasks"]) == set(TASKS)
+    expected_metrics = {"rte": {"accuracy"}, "stsb": {"pearson", "spearman"}, "cola": {"mcc"}}
+    for task, metrics in results["tasks"].items():
+        assert set(metrics) == expected_metrics[task] | {"score"}
+        names = expected_metrics[task]
+        assert metrics["score"] == pytest.approx(sum(metrics[m] for m in names) / len(names))
+        for m in expected_metrics[task]:
+            assert -1.0 <= metrics[m] <= 1.0
+    assert results["average"] == pytest.approx(sum(r["score"] for r in results["tasks"].values()) / 3)
+    # the best result is the best of the evaluations in the history
+    history = results["history"]
+    assert [h["step"] for h in history] == [4, 8]
+    best = max(history, key=lambda h: h["average"])
+    assert results["best_step"] == best["step"] and results["tasks"] == best["tasks"]
+
+    # parameter counts, checked against the saved adapter and the base model
+    adapter = run / "adapter"
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    n_adapter = sum(t.numel() for t in tensors.values())
+    counts = results["parameters"]
+    assert counts["adapter"] + counts["router"] == n_adapter
+    assert counts["router"] > 0  # MoRE's rank selector
+    base = auto_class(family).from_pretrained(model_dirs[family])
+    n_base = sum(p.numel() for p in base.parameters())
+    n_heads = 0
+    if family == "encoder":
+        heads = load_file(str(adapter / "heads.safetensors"))
+        n_heads = sum(t.numel() for t in heads.values())
+        assert n_heads == (32 + 1) * (2 + 1 + 2)  # rte: 2 labels, stsb: 1 score, cola: 2 labels
+        assert counts["heads"] == n_heads
+    assert counts["trainable"] == n_adapter + n_heads
+    assert counts["total"] == n_base + n_adapter + n_heads
+    assert 0 < counts["active_per_token"] <= counts["adapter"]
+
+    # selected ranks: a mean rank in 1..max_rank per task
+    ranks = results["selected_ranks"]
+    assert set(ranks) == set(TASKS)
+    assert all(1 <= r <= 4 for r in ranks.values())
+
+    # metrics.jsonl: a loss every log_every (2) steps, an evaluation every eval_every (4) steps
+    records = read_jsonl(run / "metrics.jsonl")
+    losses = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval/average" in r]
+    assert [r["step"] for r in losses] == [2, 4, 6, 8]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 and r["lr"] >= 0 for r in losses)
+    assert all("aux/contrastive" in r for r in losses)
+    assert [r["step"] for r in evals] == [4, 8]
+    for r, h in zip(evals, history, strict=True):
+        assert r["eval/average"] == pytest.approx(h["average"])
+        assert {k: r[f"eval/{k}"] for k in TASKS} == pytest.approx({k: h["tasks"][k]["score"] for k in TASKS})
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(run / "tb"))
+    tb.Reload()
+    assert [e.step for e in tb.Scalars("loss")] == [2, 4, 6, 8]
+    assert [e.step for e in tb.Scalars("eval/average")] == [4, 8]
+    assert [e.value for e in tb.Scalars("eval/average")] == pytest.approx([h["average"] for h in history])
+    assert {"lr", "aux/contrastive", "eval/rte", "eval/stsb", "eval/cola"} <= set(tb.Tags()["scalars"])
+
+    # the adapter folder
+    files = {p.name for p in adapter.iterdir()}
+    expected = {"adapter_config.json", "adapter_model.safetensors", "run.yaml"}
+    if family == "encoder":
+        expected.add("heads.safetensors")
+    assert files == expected
+    assert json.loads((adapter / "adapter_config.json").read_text())["adapter"]["method"] == "more"
+    assert yaml.safe_load((adapter / "run.yaml").read_text())["tasks"] == TASKS
+    assert (run / "checkpoint.pt").is_file()
+
+    # the printed table: one row per task and the average, with the best scores
+    rows = {line.split()[0]: line for line in stdout.splitlines() if line.split()}
+    for task in TASKS:
+        assert rows[task].rstrip().endswith(f"{results['tasks'][task]['score']:.3f}")
+    assert rows["average"].rstrip().endswith(f"{results['average']:.3f}")
+    assert "mean selected rank per task" in stdout
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_results_describe_the_saved_best_adapter(runs, model_dirs, family):
+    """results.json reports the best evaluation and the adapter saved then: its selected ranks and its
+    active parameter count must be those of that adapter, not of the model at the last step."""
+    run, _ = runs.get(family)
+    results = json.loads((run / "results.json").read_text())
+    saved = reference_model(model_dirs, family, run)
+    mean_ranks = {t: sum(r.values()) / len(r) for t, r in saved.selected_ranks().items()}
+    assert results["selected_ranks"] == pytest.approx(mean_ranks), f"best step {results['best_step']}"
+    assert results["parameters"]["active_per_token"] == saved.parameter_counts()["active_per_token"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_eval_reproduces_best_results(runs, family, tmp_path):
+    run, _ = runs.get(family)
+    results = json.loads((run / "results.json").read_text())
+    stdout = ok("eval", run, "--out", tmp_path / "eval.json")
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert set(evaluated) == set(TASKS)
+    for task in TASKS:
+        assert evaluated[task] == pytest.approx(results["tasks"][task], abs=1e-6)
+        assert f"{results['tasks'][task]['score']:.3f}" in stdout
+    # the adapter/ folder itself is accepted too
+    assert ok("eval", run / "adapter") == stdout
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_merge_gives_plain_model_with_same_outputs(runs, model_dirs, family, tmp_path):
+    from transformers import AutoTokenizer
+
+    run, _ = runs.get(family)
+    out = tmp_path / "merged"
+    stdout = ok("merge", run, "--task", "rte", "--out", out)
+    assert str(out) in stdout
+    merged = auto_class(family).from_pretrained(out).eval()
+    assert not any("bank" in n or "router" in n for n, _ in merged.named_parameters())
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    inputs = model_inputs(family, tokenizer, "rte")
+    reference = reference_model(model_dirs, family, run)
+    with torch.no_grad():
+        want = output_of(reference(**inputs, task_ids=torch.tensor([0, 0])))  # rte is task 0
+        got = output_of(merged(**inputs))
+        other = output_of(reference(**inputs, task_ids=torch.tensor([2, 2])))  # cola
+    assert torch.allclose(got, want, atol=ATOL)
+    base = auto_class(family).from_pretrained(model_dirs[family]).eval()
+    with torch.no_grad():
+        assert not torch.allclose(output_of(base(**inputs)), want, atol=ATOL)  # the merge changed it
+    if not torch.equal(want, other):  # tasks with other selected ranks give other outputs
+        assert not torch.allclose(got, other, atol=ATOL)
+    if family == "encoder":  # the task head travels beside the encoder
+        head = load_file(str(out / "task_head.safetensors"))
+        heads = load_file(str(run / "adapter" / "heads.safetensors"))
+        assert set(head) == {"weight", "bias"}
+        assert torch.equal(head["weight"], heads["0.weight"]) and torch.equal(head["bias"], heads["0.bias"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_export_lora_loads_in_peft_with_same_outputs(runs, model_dirs, family, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    run, _ = runs.get(family)
+    out = tmp_path / "cola-lora"
+    stdout = ok("export-lora", run, "--task", "cola", "--out", out)
+    assert str(out) in stdout
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA"
+    base = auto_class(family).from_pretrained(model_dirs[family])
+    peft_model = PeftModel.from_pretrained(base, out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dirs[family])
+    inputs = model_inputs(family, tokenizer, "cola")
+    reference = reference_model(model_dirs, family, run)
+    with torch.no_grad():
+        want = output_of(reference(**inputs, task_ids=torch.tensor([2, 2])))  # cola is task 2
+        got = output_of(peft_model(**inputs))
+    assert torch.allclose(got, want, atol=ATOL)
+    # the exported ranks are the ranks cola selected
+    selected = reference.selected_ranks()["cola"]
+    assert {k.replace("\\", ""): v for k, v in config["rank_pattern"].items()} == selected
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_inspect_prints_layers_and_selected_ranks(runs, model_dirs, family):
+    run, _ = runs.get(family)
+    stdout = ok("inspect", run)
+    assert "method: more" in stdout and f"tasks: {TASKS}" in stdout
+    reference = reference_model(model_dirs, family, run)
+    counts = reference.parameter_counts()
+    counts["trainable"] = counts["adapter"] + counts["router"]  # loaded for inspection as trained
+    assert f"parameters: {counts}" in stdout
+    lines = stdout.splitlines()
+    header = next(
+        i for i, line in enumerate(lines) if line.split()[:4] == ["layer", "modules", "experts", "ranks"]
+    )
+    modules = [name for name, _ in reference.adapted_modules()]
+    layer_rows = {line.split()[0]: line.split() for line in lines[header + 1 : header + 3]}
+    for layer in ("0", "1"):
+        n = sum(layer_index(m) == int(layer) for m in modules)
+        assert layer_rows[layer] == [layer, str(n), "4", "1,2,3,4"]  # 4 nested experts of ranks 1..4
+    selected = reference.selected_ranks()
+    start = next(i for i, line in enumerate(lines) if line.startswith("selected rank per task"))
+    task_rows = {line.split()[0]: line.split()[1:] for line in lines[start + 1 : start + 4]}
+    assert set(task_rows) == set(TASKS)
+    for task, values in task_rows.items():
+        for layer, value in zip((0, 1), values, strict=True):
+            ranks = [r for m, r in selected[task].items() if layer_index(m) == layer]
+            assert float(value) == pytest.approx(sum(ranks) / len(ranks), abs=0.05)
+
+
+def test_inspect_recipe_before_training(runs):
+    recipe = runs.recipe("inspect-only", "decoder")
+    stdout = ok("inspect", recipe)
+    assert "method: more" in stdout and "selected rank per task" in stdout
+    assert not (runs.root / "inspect-only").exists()  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_plot_writes_pngs(runs, family, tmp_path):
+    run, _ = runs.get(family)
+    stdout = ok("plot", run, "--out", tmp_path / "plots")
+    written = {Path(line).name for line in stdout.split()}
+    assert written == {"allocation.png", "selected_ranks.png"}
+    for name in written:
+        assert is_png(tmp_path / "plots" / name)
+    if family == "decoder":  # by default beside the adapter, in <run>/plots
+        stdout = ok("plot", run / "adapter")
+        assert {Path(line) for line in stdout.split()} == {run / "plots" / name for name in written}
+        assert all(is_png(run / "plots" / name) for name in written)
+
+
+@pytest.mark.parametrize("family", ["decoder", "seq2seq"])
+def test_eval_generate_mode(runs, family, tmp_path):
+    run, _ = runs.get(family)
+    ok("eval", run, "--mode", "generate", "--out", tmp_path / "gen.json")
+    results = json.loads((tmp_path / "gen.json").read_text())
+    assert set(results) == set(TASKS)
+    for r in results.values():
+        assert all(-1.0 <= v <= 1.0 for v in r.values())
+
+
+@pytest.mark.parametrize(
+    ("family", "args", "expected"),
+    [
+        ("encoder", ("merge",), ["--task", "rte", "stsb", "cola"]),
+        ("decoder", ("merge",), ["--task", "rte", "stsb", "cola"]),
+        ("decoder", ("export-lora",), ["--task", "rte", "stsb", "cola"]),
+        ("decoder", ("merge", "--task", "mrpc"), ["unknown task 'mrpc'", "rte", "stsb", "cola"]),
+    ],
+    ids=["encoder-merge", "decoder-merge", "decoder-export", "unknown-task"],
+)
+def test_merge_and_export_need_a_task_of_the_run(runs, capsys, tmp_path, family, args, expected):
+    run, _ = runs.get(family)
+    err = fails(capsys, args[0], run, *args[1:], "--out", tmp_path / "out")
+    for word in expected:  # a CLI user passes --task, not the Python API's task=...
+        assert word in err
+    assert not (tmp_path / "out").exists()
+
+
+# -- 2. a token-routed method ------------------------------------------------------------------------
+def test_hilo_trains_plots_expert_load_and_refuses_merge(runs, capsys, tmp_path):
+    run, _ = runs.get("decoder", "hilo")
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["tasks"]) == {"rte", "cola"}
+    assert results["selected_ranks"] is None
+    losses = [r for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
+    assert losses and all("aux/balance" in r for r in losses)
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())["adapter"]
+    assert config["method"] == "hilo" and config["top_k"] == 1
+
+    out = ok("plot", run, "--out", tmp_path / "plots")
+    assert {Path(p).name for p in out.split()} == {"allocation.png", "expert_load.png"}
+    assert is_png(tmp_path / "plots" / "expert_load.png") and is_png(tmp_path / "plots" / "allocation.png")
+
+    for command in ("merge", "export-lora"):
+        err = fails(capsys, command, run, "--task", "rte", "--out", tmp_path / command)
+        assert "token" in err
+        assert not (tmp_path / command).exists()
+
+
+# -- 3. metrics against values computed by hand ------------------------------------------------------
+def test_task_scores_match_hand_computed_values():
+    # classification, 6 examples:  pred 1 1 0 0 1 0 / gold 1 0 0 1 1 0
+    #   tp = 2 (ex. 0, 4), fp = 1 (ex. 1), fn = 1 (ex. 3), tn = 2 (ex. 2, 5)
+    #   accuracy = 4/6;  MCC = (tp*tn - fp*fn) / sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn)) = (4-1)/sqrt(81) = 1/3
+    pred, gold = [1, 1, 0, 0, 1, 0], [1, 0, 0, 1, 1, 0]
+    assert get_task("rte").score(pred, gold) == pytest.approx({"accuracy": 4 / 6, "score": 4 / 6})
+    assert get_task("cola").score(pred, gold) == pytest.approx({"mcc": 1 / 3, "score": 1 / 3})
+    # F1 (MRPC): pred 1 1 1 0 1 0 / gold 1 0 0 1 1 0: tp = 2, fp = 2, fn = 1, tn = 1
+    #   accuracy = 3/6;  F1 = 2tp / (2tp + fp + fn) = 4/7;  score = (4/7 + 1/2) / 2
+    mrpc = get_task("mrpc").score([1, 1, 1, 0, 1, 0], gold)
+    assert mrpc == pytest.approx({"f1": 4 / 7, "accuracy": 0.5, "score": (4 / 7 + 0.5) / 2})
+    # regression (STS-B): pred 0 1 2 3 4 10 / gold 0 1 2 3 4 5
+    #   mean pred = 20/6 = 10/3, mean gold = 2.5
+    #   dp = -10/3 -7/3 -4/3 -1/3 2/3 20/3;  dg = -2.5 -1.5 -0.5 0.5 1.5 2.5
+    #   sum dp*dg = (25 + 10.5 + 2 - 0.5 + 3 + 50)/3 = 30
+    #   sum dp^2 = (100 + 49 + 16 + 1 + 4 + 400)/9 = 570/9;  sum dg^2 = 17.5
+    #   pearson = 30 / sqrt(570/9 * 17.5) = 0.9011...;  spearman = 1 (the same order)
+    pearson = 30 / math.sqrt(570 / 9 * 17.5)
+    stsb = get_task("stsb").score([0, 1, 2, 3, 4, 10], [0, 1, 2, 3, 4, 5])
+    assert stsb == pytest.approx({"pearson": pearson, "spearman": 1.0, "score": (pearson + 1) / 2})
+    assert pearson == pytest.approx(0.90112, abs=1e-5)
+    # a constant prediction has no correlation: 0, not NaN
+    assert get_task("cola").score([1] * 6, gold)["mcc"] == 0.0
+
+
+def test_evaluate_scores_predictions_against_dev_labels(monkeypatch):
+    """evaluate() pairs each task's predictions with that task's dev labels, and averages task scores."""
+    from rankmix.recipes import evaluate as ev
+    from rankmix.recipes.train import format_table
+
+    gold = [1, 0, 0, 1, 1, 0]
+    preds = {"rte": [1, 1, 0, 0, 1, 0], "cola": [1, 1, 0, 0, 1, 0], "stsb": [0, 1, 2, 3, 4, 10]}
+    dev = {
+        "rte": [Example("a", "b", g) for g in gold],
+        "cola": [Example("a", None, g) for g in gold],
+        "stsb": [Example("a", "b", float(g)) for g in range(5)] + [Example("a", "b", 5.0)],
+    }
+
+    def fake_predict(model, family, tokenizer, task, task_index, examples, *args, **kw):
+        assert examples == dev[task.name] and TASKS[task_index] == task.name
+        return preds[task.name]
+
+    monkeypatch.setattr(ev, "predict", fake_predict)
+    model = torch.nn.Linear(1, 1)
+    tasks = [get_task(t) for t in TASKS]
+    results = ev.evaluate(model, "decoder", None, tasks, [dev[t] for t in TASKS], 4, 64)
+    pearson = 30 / math.sqrt(570 / 9 * 17.5)
+    assert results["rte"]["score"] == pytest.approx(4 / 6)
+    assert results["cola"]["score"] == pytest.approx(1 / 3)
+    assert results["stsb"]["score"] == pytest.approx((pearson + 1) / 2)
+    average = (4 / 6 + 1 / 3 + (pearson + 1) / 2) / 3
+    assert ev.average(results) == pytest.approx(average)
+    assert model.training  # evaluate restores the training mode
+    assert format_table(results).splitlines()[-1].endswith(f"{average:.3f}")
+
+
+# -- 4. resume after an interruption -----------------------------------------------------------------
+def test_interrupted_run_resumes_to_the_same_adapter(runs, monkeypatch):
+    from rankmix.recipes import train as train_mod
+
+    run_a, _ = runs.get("decoder")  # 8 steps without interruption
+    recipe = runs.recipe("decoder-resumed", "decoder")
+    run_b = runs.root / "decoder-resumed"
+
+    calls = {"n": 0}
+    original = train_mod.TaskSampler.next_batch
+
+    def interrupting(self):
+        calls["n"] += 1
+        if calls["n"] == 5:  # step 5, just after the evaluation (and checkpoint) of step 4
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(train_mod.TaskSampler, "next_batch", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", str(recipe), "--no-progress"])
+    monkeypatch.undo()
+
+    # the interrupted run kept what it had: results of step 4, a checkpoint, the best adapter so far
+    partial = json.loads((run_b / "results.json").read_text())
+    assert partial["steps"] == 4 and [h["step"] for h in partial["history"]] == [4]
+    assert (run_b / "checkpoint.pt").is_file()
+    assert torch.load(run_b / "checkpoint.pt", weights_only=False)["state"]["step"] == 4
+    assert (run_b / "adapter" / "adapter_model.safetensors").is_file()
+
+    stdout = ok("train", recipe, "--no-progress")  # resumes from step 4
+    assert "average" in stdout
+    results_a = json.loads((run_a / "results.json").read_text())
+    results_b = json.loads((run_b / "results.json").read_text())
+    for r in (results_a, results_b):
+        r.pop("wall_time_s")
+    assert results_b == results_a
+
+    ckpt_a = torch.load(run_a / "checkpoint.pt", weights_only=False)
+    ckpt_b = torch.load(run_b / "checkpoint.pt", weights_only=False)
+    assert ckpt_b["state"]["step"] == 8
+    assert set(ckpt_a["params"]) == set(ckpt_b["params"])
+    for name, value in ckpt_a["params"].items():
+        assert torch.allclose(ckpt_b["params"][name], value, atol=1e-6), name
+    best_a = load_file(str(run_a / "adapter" / "adapter_model.safetensors"))
+    best_b = load_file(str(run_b / "adapter" / "adapter_model.safetensors"))
+    assert set(best_a) == set(best_b)
+    for name, value in best_a.items():
+        assert torch.allclose(best_b[name], value, atol=1e-6), name
+    # the log reads as one run: the same steps and values as the uninterrupted one
+    log_a, log_b = read_jsonl(run_a / "metrics.jsonl"), read_jsonl(run_b / "metrics.jsonl")
+    assert [r["step"] for r in log_b] == [r["step"] for r in log_a]
+    for a, b in zip(log_a, log_b, strict=True):
+        assert a == pytest.approx(b, abs=1e-6)
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest)
+    return dest
+
+
+@pytest.mark.parametrize(
+    "change", ["method.max_rank=2", "tasks=[rte, cola, mrpc]"], ids=["other-shapes", "other-tasks"]
+)
+def test_resume_with_another_configuration_is_refused(runs, capsys, tmp_path, change):
+    """A run folder's checkpoint only resumes the configuration that wrote it; anything else is a clear
+    error that points at --overwrite, and the finished run's files stay as they were."""
+    run = copy_run(runs.get("decoder")[0], tmp_path / "run")
+    before = {name: (run / name).read_bytes() for name in ("results.json", "run.yaml", "metrics.jsonl")}
+    recipe = runs.root / "decoder-more.yaml"  # the recipe of runs.get("decoder")
+    err = fails(capsys, "train", recipe, "--no-progress", "--set", f"output_dir={run}", "--set", change)
+    assert "checkpoint" in err and "--overwrite" in err
+    for name, data in before.items():
+        assert (run / name).read_bytes() == data, f"{name} changed by a refused resume"
+
+
+def test_train_again_resumes_finished_run_and_overwrite_restarts(runs, tmp_path):
+    run, _ = runs.get("decoder")
+    results = json.loads((run / "results.json").read_text())
+    log = (run / "metrics.jsonl").read_text()
+    recipe = runs.root / "decoder-more.yaml"  # the recipe of runs.get("decoder")
+    stdout = ok("train", recipe, "--no-progress")  # finished: nothing left to do
+    assert "resuming" in stdout and "from step 8" in stdout
+    assert (run / "metrics.jsonl").read_text() == log
+    assert json.loads((run / "results.json").read_text()) == results
+    # --overwrite trains afresh in a copy: the same seed gives the same run, and a fresh log
+    copy = copy_run(run, tmp_path / "copy")
+    stdout = ok("train", recipe, "--no-progress", "--overwrite", "--set", f"output_dir={copy}")
+    assert "resuming" not in stdout
+    again = json.loads((copy / "results.json").read_text())
+    again.pop("wall_time_s")
+    assert again == {k: v for k, v in results.items() if k != "wall_time_s"}
+    fresh, first = read_jsonl(copy / "metrics.jsonl"), read_jsonl(run / "metrics.jsonl")
+    assert len(fresh) == len(first)
+    for a, b in zip(fresh, first, strict=True):
+        assert a == pytest.approx(b, abs=1e-6)
+
+
+# -- 5. bad input: exit code 2 and a message naming the problem and the fix, before any work ----------
+@pytest.fixture
+def bad(model_dirs, tmp_path):
+    """Write a recipe with `change` applied to a good one; returns (recipe path, its output folder)."""
+
+    def make(change=None, family: str = "decoder", **kw) -> tuple[Path, Path]:
+        data = recipe_dict(model_dirs[family], tmp_path / "out", **kw)
+        if change:
+            change(data)
+        return write_recipe(tmp_path / "recipe.yaml", data), tmp_path / "out"
+
+    return make
+
+
+def test_unknown_task_lists_known_tasks_and_suggests(bad, capsys):
+    recipe, out = bad(tasks=["rte", "stsbb"])
+    err = fails(capsys, "train", recipe)
+    assert "unknown task 'stsbb'" in err and "did you mean 'stsb'" in err
+    for known in ("cola", "mrpc", "qqp", "rte", "sst2"):
+        assert known in err
+    assert not out.exists()
+
+
+def test_data_folder_without_files_names_expected_path(bad, capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    recipe, out = bad(lambda d: d.update(data_dir=str(tmp_path / "empty")))
+    err = fails(capsys, "train", recipe)
+    assert str(tmp_path / "empty" / "glue" / "RTE" / "train.tsv") in err
+    assert "not found" in err and "data_dir" in err
+    assert not out.exists()
+
+
+def test_unknown_train_key_suggests_the_right_one(bad, capsys):
+    recipe, out = bad(lambda d: d["train"].update(stepz=3))
+    err = fails(capsys, "train", recipe)
+    assert "stepz" in err and "did you mean" in err
+    # the suggestion names the option as it is written, train.steps (not train.'steps')
+    assert "'train.steps'" in err, err
+    assert not out.exists()
+
+
+def test_unknown_top_level_key_suggests_the_right_one(bad, capsys):
+    recipe, out = bad(lambda d: d.update(tasx=d.pop("tasks")))
+    err = fails(capsys, "train", recipe)
+    assert "'tasx'" in err and "did you mean 'tasks'" in err
+    assert not out.exists()
+
+
+def test_unknown_method_key_suggests_the_right_one(bad, capsys):
+    recipe, out = bad(method={"method": "more", "max_rnk": 4})
+    err = fails(capsys, "train", recipe)
+    assert "MoREConfig has no option 'max_rnk'" in err and "did you mean 'max_rank'" in err
+    assert not out.exists()
+
+
+def test_unknown_method_lists_methods(bad, capsys):
+    recipe, out = bad(method={"method": "moar"})
+    err = fails(capsys, "train", recipe)
+    assert "unknown method 'moar'" in err and "more" in err and "hilo" in err
+    assert not out.exists()
+
+
+def test_malformed_set_override(bad, capsys):
+    recipe, out = bad()
+    err = fails(capsys, "train", recipe, "--set", "train.steps")
+    assert "--set expects key=value" in err and "'train.steps'" in err
+    assert not out.exists()
+
+
+def test_set_override_is_validated_like_the_recipe(bad, capsys):
+    recipe, out = bad()
+    err = fails(capsys, "train", recipe, "--set", "train.steps=0")
+    assert "train.steps must be a positive integer" in err
+    assert not out.exists()
+
+
+def test_non_text_model_is_refused(bad, capsys, model_dirs):
+    recipe, out = bad(lambda d: d.update(model=str(model_dirs["vit"])))
+    err = fails(capsys, "train", recipe)
+    assert "'vit'" in err and "text model" in err
+    assert not out.exists()
+
+
+def test_missing_recipe_and_missing_run(capsys, tmp_path):
+    err = fails(capsys, "train", tmp_path / "nope.yaml")
+    assert "nope.yaml" in err and "configs/" in err
+    err = fails(capsys, "eval", tmp_path)
+    assert "run.yaml" in err
+
+
+def qqp_malformed_lines() -> list[int]:
+    """Line numbers of QQP train rows that do not have the 6 tab-separated fields of the format."""
+    with (DATA / "glue" / "QQP" / "train.tsv").open(encoding="utf-8", newline="") as f:
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return [rows.line_num for cells in rows if cells and len(cells) != 6]
+
+
+def test_strict_qqp_names_the_malformed_line(bad, capsys):
+    lines = qqp_malformed_lines()
+    assert len(lines) == 1  # the known quirk of the shared data (see its README)
+    recipe, out = bad(lambda d: d.update(strict=True), tasks=["qqp"])
+    err = fails(capsys, "train", recipe)
+    assert f"QQP/train.tsv, line {lines[0]}: malformed row" in err
+    assert "strict=False" in err
+    assert not out.exists()
+
+
+def test_non_strict_qqp_skips_the_malformed_row_with_a_warning():
+    from rankmix.recipes.run_config import RunConfig
+    from rankmix.recipes.train import load_data
+
+    line = qqp_malformed_lines()[0]
+    with (DATA / "glue" / "QQP" / "train.tsv").open(encoding="utf-8") as f:
+        n_rows = sum(1 for row in f if row.strip())
+    task = get_task("qqp")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        examples, skipped = task.load("train", DATA)
+    assert skipped == 1 and len(examples) == n_rows - 1
+    expected = rf"skipped 1 malformed row\(s\) in .*QQP/train.tsv \(first: line {line}, "
+    assert any(re.search(expected, str(w.message)) for w in caught), [str(w.message) for w in caught]
+    cfg = RunConfig(model="unused", tasks=["qqp"], method={"method": "lora"}, data_dir=str(DATA))
+    cfg.train.max_train_examples, cfg.train.max_eval_examples = 16, 8
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_data(cfg, [task])
+    assert sum("skipped 1 malformed row" in str(w.message) for w in caught) == 1  # warned once, by the reader
+    assert [len(s) for s in data["train"]] == [16] and [len(s) for s in data["dev"]] == [8]
+
+
+# -- 6. the installed command ------------------------------------------------------------------------
+def test_console_script_help_lists_every_subcommand():
+    script = Path(sys.executable).with_name("rankmix")
+    assert script.is_file(), f"{script}: the package is not installed with its console script"
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    for command in ("train", "eval", "merge", "export-lora", "inspect", "plot", "quickstart"):
+        assert command in proc.stdout
+    proc = subprocess.run([str(script), "fly"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "invalid choice: 'fly'" in proc.stderr
+
+
+def test_help_in_process(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("train", "eval", "merge", "export-lora", "inspect", "plot", "quickstart"):
+        assert command in out

@@ -1,0 +1,214 @@
+"""Tests for rankmix.heads.MultiTaskHeads over a tiny BERT with MoRE: mixed batches equal task-by-task
+runs, -inf padding of narrow heads, the loss against a per-example reference, and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from rankmix import MoREConfig, get_model
+from rankmix.heads import MultiTaskHeads
+
+TASKS = ["rte", "stsb", "mnli"]
+NUM_LABELS = [2, 1, 3]
+REGRESSION = [False, True, False]
+VOCAB = 60
+CONTRASTIVE = 0.3
+TASK_IDS = [0, 1, 2, 0, 2, 1, 1]
+LABELS = [1.0, 3.7, 2.0, 0.0, 1.0, 0.25, 5.0]
+LENGTHS = [7, 3, 5, 9, 4, 9, 2]
+
+
+def build(seed: int = 0) -> MultiTaskHeads:
+    torch.manual_seed(seed)
+    bert = BertModel(
+        BertConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=VOCAB,
+            max_position_embeddings=32,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    )
+    config = MoREConfig(tasks=TASKS, max_rank=4, dropout=0.0, contrastive_weight=CONTRASTIVE)
+    body = get_model(bert, config)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # lora_B is zero at init; spread the selectors so tasks pick different ranks
+        for _, m in body.adapted_modules():
+            m.bank.lora_B.copy_(torch.randn(m.bank.lora_B.shape, generator=gen) * 0.2)
+            m.router.task_embedding.copy_(torch.randn(m.router.task_embedding.shape, generator=gen))
+            m.router.gate.weight.copy_(torch.randn(m.router.gate.weight.shape, generator=gen))
+    return MultiTaskHeads(body, NUM_LABELS, REGRESSION)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build()
+
+
+def make_batch(task_ids=TASK_IDS, lengths=LENGTHS, labels=LABELS, seed: int = 2) -> dict:
+    """Right-padded random token ids (pad 0) with their attention mask."""
+    gen = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.randint(5, VOCAB, (n,), generator=gen)
+        mask[row, :n] = 1
+    batch = {"input_ids": ids, "attention_mask": mask, "task_ids": torch.tensor(task_ids)}
+    if labels is not None:
+        batch["labels"] = torch.tensor(labels)
+    return batch
+
+
+def rows(batch: dict, index: list[int]) -> dict:
+    return {k: v[index] for k, v in batch.items()}
+
+
+def test_selectors_differ_across_tasks(model):
+    """Tasks use different ranks somewhere, so per-task routing in the tests below is not vacuous."""
+    ranks = model.body.selected_ranks()
+    assert len({tuple(sorted(r.items())) for r in ranks.values()}) > 1
+
+
+@torch.no_grad()
+def test_logits_are_the_pooled_body_output_through_the_task_head(model):
+    model.eval()
+    batch = make_batch(labels=None)
+    logits = model(**batch).logits
+    assert logits.shape == (len(TASK_IDS), max(NUM_LABELS))
+    hidden = model.body(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], task_ids=batch["task_ids"]
+    ).last_hidden_state
+    for row, (t, n) in enumerate(zip(TASK_IDS, LENGTHS, strict=True)):
+        pooled = hidden[row, :n].mean(0)  # mean over the real tokens only
+        expected = model.heads[t](pooled)
+        assert torch.allclose(logits[row, : NUM_LABELS[t]], expected, atol=1e-5)
+
+
+@torch.no_grad()
+def test_mixed_batch_equals_task_by_task(model):
+    model.eval()
+    batch = make_batch(labels=None)
+    mixed = model(**batch).logits
+    for t in range(len(TASKS)):
+        index = [i for i, task in enumerate(TASK_IDS) if task == t]
+        alone = model(**rows(batch, index)).logits
+        assert torch.allclose(mixed[index], alone, atol=1e-5), t
+
+
+@torch.no_grad()
+def test_mixed_batch_equals_unpadded_single_examples(model):
+    model.eval()
+    batch = make_batch(labels=None)
+    mixed = model(**batch).logits
+    for row, (t, n) in enumerate(zip(TASK_IDS, LENGTHS, strict=True)):
+        single = model(
+            input_ids=batch["input_ids"][row : row + 1, :n],
+            attention_mask=batch["attention_mask"][row : row + 1, :n],
+            task_ids=torch.tensor([t]),
+        ).logits
+        assert torch.allclose(mixed[row : row + 1], single, atol=1e-5), row
+
+
+@torch.no_grad()
+def test_narrow_heads_are_padded_with_minus_inf(model):
+    model.eval()
+    logits = model(**make_batch(labels=None)).logits
+    for row, t in enumerate(TASK_IDS):
+        n = NUM_LABELS[t]
+        assert torch.isfinite(logits[row, :n]).all()
+        assert torch.isneginf(logits[row, n:]).all()
+        # softmax over the padded row equals softmax over the task's own labels
+        assert torch.allclose(logits[row].softmax(-1)[:n], logits[row, :n].softmax(-1))
+
+
+def test_loss_matches_reference(model):
+    model.train()  # every dropout is 0, so train mode is deterministic
+    batch = make_batch()
+    out = model(**batch)
+    logits = out.logits.detach()
+    task_term = 0.0
+    for row, (t, y) in enumerate(zip(TASK_IDS, LABELS, strict=True)):
+        if REGRESSION[t]:
+            task_term += (float(logits[row, 0]) - y) ** 2
+        else:
+            row_logits = logits[row, : NUM_LABELS[t]].tolist()
+            log_z = math.log(sum(math.exp(v) for v in row_logits))
+            task_term += log_z - row_logits[int(y)]
+    task_term /= len(TASK_IDS)
+    body = model.body(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], task_ids=batch["task_ids"]
+    )
+    assert "contrastive" in body.aux_losses
+    aux = CONTRASTIVE * float(body.aux_losses["contrastive"])
+    assert math.isclose(body.aux_loss.item(), aux, rel_tol=1e-5)
+    assert body.aux_loss.item() > 0
+    assert math.isclose(out.loss.item(), task_term + aux, rel_tol=1e-5, abs_tol=1e-6)
+    assert torch.allclose(out.aux_losses["contrastive"], body.aux_losses["contrastive"])
+
+
+def test_loss_of_a_single_task_batch(model):
+    model.train()
+    index = [i for i, t in enumerate(TASK_IDS) if t == 1]  # regression only
+    batch = rows(make_batch(), index)
+    out = model(**batch)
+    preds = out.logits[:, 0].detach()
+    mse = float(((preds - batch["labels"]) ** 2).mean())
+    aux = CONTRASTIVE * float(out.aux_losses["contrastive"])
+    assert math.isclose(out.loss.item(), mse + aux, rel_tol=1e-5)
+
+
+def test_no_labels_no_loss(model):
+    model.eval()
+    with torch.no_grad():
+        out = model(**make_batch(labels=None))
+    assert "loss" not in out
+    assert "contrastive" in out.aux_losses
+
+
+def test_gradients_reach_heads_and_adapters():
+    model = build(seed=4).train()
+    present = [0, 1]  # task 2's head gets no example
+    batch = make_batch(task_ids=[0, 1, 0, 1], lengths=[5, 3, 6, 2], labels=[1.0, 2.5, 0.0, 4.0])
+    model(**batch).loss.backward()
+    for t, head in enumerate(model.heads):
+        if t in present:
+            assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+            assert head.bias.grad is not None and head.bias.grad.abs().sum() > 0
+        else:
+            assert head.weight.grad is None or head.weight.grad.abs().sum() == 0
+    modules = list(model.body.adapted_modules())
+    assert modules
+    for name, m in modules:
+        assert m.bank.lora_A.grad is not None and m.bank.lora_A.grad.abs().sum() > 0, name
+        assert m.bank.lora_B.grad is not None and m.bank.lora_B.grad.abs().sum() > 0, name
+        assert m.router.gate.weight.grad is not None and m.router.gate.weight.grad.abs().sum() > 0, name
+        assert m.router.task_embedding.grad is not None, name
+        assert m.router.task_embedding.grad[present].abs().sum() > 0, name
+    for p in model.body.base_model.parameters():
+        if not any(p is q for _, m in modules for q in (*m.bank.parameters(), *m.router.parameters())):
+            assert p.grad is None  # the base model stays frozen
+
+
+def test_mixed_precision_autocast():
+    """Training with mixed_precision (accelerate wraps forward in autocast) must work: the heads'
+    half-precision outputs have to fit into the float32 logits tensor."""
+    model = build(seed=5).train()
+    batch = make_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**batch)
+    assert torch.isfinite(out.loss)
+    for row, t in enumerate(TASK_IDS):
+        assert torch.isneginf(out.logits[row, NUM_LABELS[t] :]).all()
+    out.loss.backward()
+    assert model.heads[0].weight.grad is not None
+    assert out.logits.dtype == torch.float32
+    reference = model(**batch)
+    assert math.isclose(out.loss.item(), reference.loss.item(), rel_tol=0.05)

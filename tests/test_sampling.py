@@ -1,0 +1,216 @@
+"""Tests for rankmix.data.sampling: task probabilities per strategy, the sampler's task frequencies,
+single/mixed batches, per-pass coverage, seeding, ranks, and resuming from a state dict."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+from collections import Counter
+
+import pytest
+import torch
+
+from rankmix.data.sampling import TaskSampler, task_probabilities
+
+SIZES = [40, 300, 1500, 12]
+SIGMAS = 5.0  # tolerance of frequency checks, in binomial standard deviations
+
+
+def reference_probabilities(sizes: list[int], strategy: str, temperature: float = 2.0) -> list[float]:
+    """The formulas of each strategy, in plain Python."""
+    total = sum(sizes)
+    if strategy == "size_softmax":
+        exps = [math.exp(n / total) for n in sizes]
+        return [e / sum(exps) for e in exps]
+    if strategy == "temperature":
+        w = [n ** (1.0 / temperature) for n in sizes]
+        return [x / sum(w) for x in w]
+    if strategy == "proportional":
+        return [n / total for n in sizes]
+    if strategy == "uniform":
+        return [1.0 / len(sizes)] * len(sizes)
+    raise AssertionError(strategy)
+
+
+def stream(sampler: TaskSampler, batches: int) -> list[list[tuple[int, int]]]:
+    return [sampler.next_batch() for _ in range(batches)]
+
+
+def assert_frequencies(counts: Counter, probs: list[float], draws: int) -> None:
+    """Every task's share of `draws` lies within SIGMAS binomial standard deviations of its probability."""
+    for task, p in enumerate(probs):
+        sigma = math.sqrt(p * (1 - p) / draws)
+        share = counts[task] / draws
+        assert abs(share - p) <= SIGMAS * sigma + 1e-12, (task, share, p, sigma)
+
+
+# -- probabilities ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["size_softmax", "temperature", "proportional", "uniform"])
+@pytest.mark.parametrize("sizes", [SIZES, [5], [1, 1], [10, 1000, 100000]])
+def test_task_probabilities_match_formulas(strategy, sizes):
+    probs = task_probabilities(sizes, strategy)
+    expected = reference_probabilities(sizes, strategy)
+    assert probs.shape == (len(sizes),)
+    assert torch.allclose(probs, torch.tensor(expected, dtype=probs.dtype), atol=1e-12, rtol=1e-9)
+    assert math.isclose(float(probs.sum()), 1.0, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0, 10.0])
+def test_temperature_strategy_uses_the_temperature(temperature):
+    probs = task_probabilities(SIZES, "temperature", temperature)
+    expected = reference_probabilities(SIZES, "temperature", temperature)
+    assert torch.allclose(probs, torch.tensor(expected, dtype=probs.dtype), atol=1e-12)
+
+
+def test_temperature_one_is_proportional_and_size_softmax_is_flatter():
+    assert torch.allclose(
+        task_probabilities(SIZES, "temperature", 1.0), task_probabilities(SIZES, "proportional")
+    )
+    # MoRE's softmax(|D_t| / sum |D|): all inputs lie in [0, 1], so the largest ratio is at most e.
+    probs = task_probabilities(SIZES, "size_softmax")
+    assert float(probs.max() / probs.min()) <= math.e + 1e-9
+    assert int(probs.argmax()) == SIZES.index(max(SIZES))
+
+
+def test_unknown_strategy_raises():
+    with pytest.raises(ValueError, match="foo"):
+        task_probabilities(SIZES, "foo")
+    with pytest.raises(ValueError, match="foo"):
+        TaskSampler(SIZES, 4, strategy="foo")
+
+
+@pytest.mark.parametrize("sizes", [[10, 0, 5], [0], []])
+def test_empty_task_raises(sizes):
+    with pytest.raises(ValueError):
+        TaskSampler(sizes, 4)
+
+
+# -- frequencies -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["temperature", "proportional", "size_softmax"])
+def test_single_mode_batch_task_frequencies(strategy):
+    batches = 6000
+    sampler = TaskSampler(SIZES, batch_size=2, strategy=strategy, mode="single", seed=3)
+    counts = Counter()
+    for batch in stream(sampler, batches):
+        tasks = {t for t, _ in batch}
+        assert len(batch) == 2
+        assert len(tasks) == 1  # one task per batch
+        counts[tasks.pop()] += 1
+    assert_frequencies(counts, reference_probabilities(SIZES, strategy), batches)
+
+
+@pytest.mark.parametrize("strategy", ["temperature", "proportional", "uniform"])
+def test_mixed_mode_example_task_frequencies(strategy):
+    batches, batch_size = 1000, 8
+    sampler = TaskSampler(SIZES, batch_size=batch_size, strategy=strategy, mode="mixed", seed=5)
+    counts = Counter()
+    mixed_batches = 0
+    for batch in stream(sampler, batches):
+        assert len(batch) == batch_size
+        counts.update(t for t, _ in batch)
+        mixed_batches += len({t for t, _ in batch}) > 1
+    assert_frequencies(counts, reference_probabilities(SIZES, strategy), batches * batch_size)
+    assert mixed_batches > batches // 2  # examples of a batch really come from several tasks
+
+
+def test_indices_lie_in_their_task():
+    sampler = TaskSampler(SIZES, batch_size=8, strategy="uniform", mode="mixed", seed=1)
+    for batch in stream(sampler, 200):
+        for task, index in batch:
+            assert 0 <= task < len(SIZES)
+            assert 0 <= index < SIZES[task]
+
+
+# -- passes ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["single", "mixed"])
+def test_every_example_once_per_pass(mode):
+    """Each task's index stream, cut into chunks of the task's size, is a permutation per chunk."""
+    sizes = [7, 5, 3]
+    sampler = TaskSampler(sizes, batch_size=3, strategy="uniform", mode=mode, seed=11)
+    visits: dict[int, list[int]] = {t: [] for t in range(len(sizes))}
+    for batch in stream(sampler, 300):
+        for task, index in batch:
+            visits[task].append(index)
+    for task, n in enumerate(sizes):
+        seq = visits[task]
+        assert len(seq) >= 4 * n  # several full passes were walked
+        passes = [seq[i : i + n] for i in range(0, len(seq) - n + 1, n)]
+        for p in passes:
+            assert sorted(p) == list(range(n)), (task, p)
+        # passes are reshuffled, not repeated in one fixed order
+        assert len({tuple(p) for p in passes}) > 1
+
+
+def test_single_task_walk():
+    sampler = TaskSampler([6], batch_size=2, seed=0)
+    seen = [i for batch in stream(sampler, 3) for _, i in batch]
+    assert sorted(seen) == list(range(6))
+    nxt = [i for batch in stream(sampler, 3) for _, i in batch]
+    assert sorted(nxt) == list(range(6))
+
+
+# -- seeding and ranks -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["single", "mixed"])
+def test_same_seed_same_stream(mode):
+    a = TaskSampler(SIZES, 4, strategy="uniform", mode=mode, seed=7)
+    b = TaskSampler(SIZES, 4, strategy="uniform", mode=mode, seed=7)
+    assert stream(a, 100) == stream(b, 100)
+
+
+@pytest.mark.parametrize("mode", ["single", "mixed"])
+def test_different_seed_or_rank_different_stream(mode):
+    base = stream(TaskSampler(SIZES, 4, strategy="uniform", mode=mode, seed=7, rank=0), 50)
+    other_seed = stream(TaskSampler(SIZES, 4, strategy="uniform", mode=mode, seed=8, rank=0), 50)
+    other_rank = stream(TaskSampler(SIZES, 4, strategy="uniform", mode=mode, seed=7, rank=1), 50)
+    assert base != other_seed
+    assert base != other_rank
+    assert other_seed != other_rank
+
+
+def test_ranks_of_one_run_all_differ():
+    streams = [tuple(map(tuple, stream(TaskSampler(SIZES, 4, seed=0, rank=r), 20))) for r in range(4)]
+    assert len(set(streams)) == 4
+
+
+# -- resuming --------------------------------------------------------------------------------------
+
+
+def _resumed(state: dict, mode: str, batches: int) -> list[list[tuple[int, int]]]:
+    fresh = TaskSampler(SIZES, 4, strategy="uniform", mode=mode, seed=999, rank=3)  # other seed on purpose
+    fresh.load_state_dict(state)
+    return stream(fresh, batches)
+
+
+@pytest.mark.parametrize("mode", ["single", "mixed"])
+def test_state_dict_resumes_exact_stream(mode):
+    """A state saved mid-run (through torch.save, as checkpoints do) resumes the very same stream,
+    across pass boundaries of every task."""
+    sampler = TaskSampler(SIZES, 4, strategy="uniform", mode=mode, seed=2)
+    stream(sampler, 37)
+    buffer = io.BytesIO()
+    torch.save(sampler.state_dict(), buffer)
+    expected = stream(sampler, 60)  # > 12 examples of the smallest task: it starts new passes
+    buffer.seek(0)
+    assert _resumed(torch.load(buffer), mode, 60) == expected
+
+
+@pytest.mark.parametrize("mode", ["single", "mixed"])
+def test_state_dict_is_a_snapshot(mode):
+    """state_dict() taken in memory must not change as the sampler goes on: resuming from it gives the
+    stream that followed the moment it was taken (as with a deep copy taken at that moment)."""
+    sampler = TaskSampler(SIZES, 4, strategy="uniform", mode=mode, seed=2)
+    stream(sampler, 37)
+    state = sampler.state_dict()
+    frozen = copy.deepcopy(state)
+    expected = stream(sampler, 60)
+    assert _resumed(frozen, mode, 60) == expected  # the deep copy resumes correctly
+    assert _resumed(state, mode, 60) == expected  # so must the state dict itself
