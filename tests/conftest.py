@@ -1,90 +1,16 @@
-"""Shared helpers for model tests: tiny random Hugging Face models, batches, adapter randomization."""
+"""Shared helpers for model tests: tiny random Hugging Face models (built in helpers.py), batches, adapter
+randomization."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
+from helpers import ARCHS, VOCAB, build_base
 from rankmix.layers import TaskRankSelector, TaskRouter, TokenRouter
-
-ARCHS = ("llama", "bert", "t5", "gpt2")
-VOCAB = 100
 
 # The models here are tiny: intra-op threading only adds synchronisation cost (ms per op on small CPUs).
 torch.set_num_threads(1)
-
-
-def build_base(arch: str, *, layers: int = 2, hidden: int = 32, seed: int = 0) -> nn.Module:
-    """A tiny randomly initialised model of `arch` (eval mode, float32)."""
-    from transformers import (
-        BertConfig,
-        BertModel,
-        GPT2Config,
-        GPT2LMHeadModel,
-        LlamaConfig,
-        LlamaForCausalLM,
-        T5Config,
-        T5ForConditionalGeneration,
-    )
-
-    torch.manual_seed(seed)
-    if arch == "llama":
-        model = LlamaForCausalLM(
-            LlamaConfig(
-                hidden_size=hidden,
-                intermediate_size=2 * hidden,
-                num_hidden_layers=layers,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                vocab_size=VOCAB,
-                max_position_embeddings=64,
-                pad_token_id=0,
-                bos_token_id=1,
-                eos_token_id=2,
-            )
-        )
-    elif arch == "bert":
-        model = BertModel(
-            BertConfig(
-                hidden_size=hidden,
-                num_hidden_layers=layers,
-                num_attention_heads=4,
-                intermediate_size=2 * hidden,
-                vocab_size=VOCAB,
-                max_position_embeddings=64,
-            )
-        )
-    elif arch == "t5":
-        model = T5ForConditionalGeneration(
-            T5Config(
-                d_model=hidden,
-                d_ff=2 * hidden,
-                d_kv=hidden // 4,
-                num_layers=layers,
-                num_heads=4,
-                vocab_size=VOCAB,
-                decoder_start_token_id=0,
-                pad_token_id=0,
-                eos_token_id=1,
-            )
-        )
-    elif arch == "gpt2":
-        model = GPT2LMHeadModel(
-            GPT2Config(
-                n_embd=hidden,
-                n_layer=layers,
-                n_head=4,
-                vocab_size=VOCAB,
-                n_positions=64,
-                bos_token_id=1,
-                eos_token_id=2,
-                pad_token_id=0,
-            )
-        )
-    else:
-        raise ValueError(arch)
-    return model.eval()
 
 
 def make_batch(

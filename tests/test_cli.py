@@ -23,6 +23,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from helpers import build_base, word_tokenizer
 from rankmix import RankMixModel
 from rankmix.cli import main
 from rankmix.model import layer_index
@@ -153,98 +154,38 @@ def _corpus() -> list[str]:
 
 
 def _tokenizer(encoder: bool):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(_corpus(), trainers.WordLevelTrainer(special_tokens=SPECIALS))
-    extra = {}
     if encoder:  # BERT-style: [CLS] a [SEP] b [SEP], with token type ids
-        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]",
-            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
-        )
-        extra["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        bos_token="<s>",
-        eos_token="</s>",
-        **extra,
-    )
+        names = ["input_ids", "token_type_ids", "attention_mask"]
+        return word_tokenizer(_corpus(), template="bert", specials=SPECIALS, model_input_names=names)
+    return word_tokenizer(_corpus(), specials=SPECIALS)
 
 
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory) -> dict[str, Path]:
     """{family: folder} of tiny random models with their tokenizers, plus a ViT (non-text) config."""
-    from transformers import (
-        BertConfig,
-        BertModel,
-        LlamaConfig,
-        LlamaForCausalLM,
-        T5Config,
-        T5ForConditionalGeneration,
-        ViTConfig,
-    )
+    from transformers import ViTConfig
 
     root = tmp_path_factory.mktemp("models")
     text_tok, enc_tok = _tokenizer(encoder=False), _tokenizer(encoder=True)
     vocab = len(text_tok)
     assert text_tok.pad_token_id == 0
     eos, bos = text_tok.eos_token_id, text_tok.bos_token_id
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # one seed for the three models, drawn in turn
     built = {
         "decoder": (
-            LlamaForCausalLM(
-                LlamaConfig(
-                    hidden_size=32,
-                    intermediate_size=64,
-                    num_hidden_layers=2,
-                    num_attention_heads=4,
-                    num_key_value_heads=2,
-                    vocab_size=vocab,
-                    max_position_embeddings=128,
-                    pad_token_id=0,
-                    bos_token_id=bos,
-                    eos_token_id=eos,
-                )
+            build_base(
+                "llama",
+                vocab=vocab,
+                seed=None,
+                max_position_embeddings=128,
+                bos_token_id=bos,
+                eos_token_id=eos,
             ),
             text_tok,
         ),
-        "seq2seq": (
-            T5ForConditionalGeneration(
-                T5Config(
-                    d_model=32,
-                    d_ff=64,
-                    d_kv=8,
-                    num_layers=2,
-                    num_heads=4,
-                    vocab_size=vocab,
-                    pad_token_id=0,
-                    eos_token_id=eos,
-                    decoder_start_token_id=0,
-                )
-            ),
-            text_tok,
-        ),
+        "seq2seq": (build_base("t5", vocab=vocab, seed=None, eos_token_id=eos), text_tok),
         "encoder": (
-            BertModel(
-                BertConfig(
-                    hidden_size=32,
-                    num_hidden_layers=2,
-                    num_attention_heads=4,
-                    intermediate_size=64,
-                    vocab_size=vocab,
-                    max_position_embeddings=128,
-                    pad_token_id=0,
-                )
-            ),
+            build_base("bert", vocab=vocab, seed=None, max_position_embeddings=128, pad_token_id=0),
             enc_tok,
         ),
     }

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from helpers import word_tokenizer
 from rankmix.data.collate import IGNORE, collate, encode_decoder, encode_encoder, encode_seq2seq
 from rankmix.tasks import Example, get_task
 
-SPECIALS = ["[PAD]", "</s>", "<s>", "[UNK]", "[CLS]", "[SEP]"]
 WORDS = (
     "the cat sat on a mat dog ran fast slow big small red blue green house tree car road sun moon "
     "yes no maybe 0 1 2 3 4 5 . , ? : a b c d e f g h"
@@ -21,33 +20,7 @@ def make_tokenizer(kind: str = "llama") -> PreTrainedTokenizerFast:
     """An offline WordLevel tokenizer. `kind` picks the special tokens it adds: "llama" prepends <s>,
     "t5" appends </s>, "bert" wraps [CLS] a [SEP] (b [SEP]), "plain" adds none."""
     corpus = [WORDS, get_task("rte").template, get_task("stsb").template]
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=SPECIALS))
-    ids = {s: tok.token_to_id(s) for s in SPECIALS}
-    if kind == "llama":
-        tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", ids["<s>"])]
-        )
-    elif kind == "t5":
-        tok.post_processor = processors.TemplateProcessing(
-            single="$A </s>", pair="$A </s> $B:1 </s>:1", special_tokens=[("</s>", ids["</s>"])]
-        )
-    elif kind == "bert":
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]",
-            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
-        )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        bos_token="<s>",
-        eos_token="</s>",
-    )
+    return word_tokenizer(corpus, template=None if kind == "plain" else kind)
 
 
 @pytest.fixture(scope="module")

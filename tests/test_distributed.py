@@ -9,11 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from helpers import build_base, word_tokenizer
 from rankmix.layers import AdaptedLinear
 from rankmix.recipes.run_config import load_run_config
 from rankmix.recipes.train import load_adapter, prepare
@@ -24,27 +22,11 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def _tiny_llama(folder: Path) -> None:
     words = ["yes", "no", "acceptable", "unacceptable", "the", "a", "is", "was", "Answer:", "Question:"]
     words += [f"w{i}" for i in range(200)]
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "<s>", "</s>"])
-    tok.train_from_iterator([" ".join(words)], trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="<s>", eos_token="</s>"
+    fast = word_tokenizer([" ".join(words)], specials=["[PAD]", "[UNK]", "<s>", "</s>"])
+    model = build_base(
+        "llama", vocab=len(fast), max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3
     )
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-        max_position_embeddings=256,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    model.save_pretrained(folder)
     fast.save_pretrained(folder)
 
 

@@ -10,24 +10,15 @@ import statistics
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-from transformers import (
-    BertConfig,
-    BertModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-    T5Config,
-    T5ForConditionalGeneration,
-)
+from transformers import PreTrainedTokenizerFast
 
+from helpers import build_base, word_tokenizer
 from rankmix import LoRAConfig, MoREConfig, get_model
 from rankmix.data.collate import IGNORE
 from rankmix.heads import MultiTaskHeads
 from rankmix.recipes.evaluate import _answer_logprob, _parse, average, evaluate, predict
 from rankmix.tasks import Example, get_task
 
-SPECIALS = ["[PAD]", "</s>", "<s>", "[UNK]", "[CLS]", "[SEP]"]
 WORDS = "the cat sat on a mat dog ran fast big red car road sun moon house yes no maybe 0 1 2 3 4 5 ."
 RTE, STSB, MNLI = get_task("rte"), get_task("stsb"), get_task("mnli")
 
@@ -56,29 +47,7 @@ EXAMPLES = {
 
 def make_tokenizer(kind: str) -> PreTrainedTokenizerFast:
     """Offline WordLevel tokenizer; "llama" prepends <s>, "t5" appends </s>, "bert" wraps [CLS] .. [SEP]."""
-    corpus = [WORDS, RTE.template, STSB.template, MNLI.template]
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=SPECIALS))
-    ids = {s: tok.token_to_id(s) for s in SPECIALS}
-    templates = {
-        "llama": ("<s> $A", "<s> $A $B:1", ["<s>"]),
-        "t5": ("$A </s>", "$A </s> $B:1 </s>:1", ["</s>"]),
-        "bert": ("[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1", ["[CLS]", "[SEP]"]),
-    }
-    single, pair, specials = templates[kind]
-    tok.post_processor = processors.TemplateProcessing(
-        single=single, pair=pair, special_tokens=[(s, ids[s]) for s in specials]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        bos_token="<s>",
-        eos_token="</s>",
-    )
+    return word_tokenizer([WORDS, RTE.template, STSB.template, MNLI.template], template=kind)
 
 
 @torch.no_grad()
@@ -90,20 +59,13 @@ def randomize_lora(model, seed: int = 3, std: float = 0.3) -> None:
 
 
 def build_decoder(tok, dropout: float = 0.0):
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(
-        LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=len(tok),
-            max_position_embeddings=128,
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
+    base = build_base(
+        "llama",
+        vocab=len(tok),
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
     )
     model = get_model(base, LoRAConfig(r=4, dropout=dropout))
     randomize_lora(model)
@@ -111,19 +73,12 @@ def build_decoder(tok, dropout: float = 0.0):
 
 
 def build_seq2seq(tok, dropout: float = 0.0):
-    torch.manual_seed(0)
-    base = T5ForConditionalGeneration(
-        T5Config(
-            d_model=32,
-            d_ff=64,
-            d_kv=8,
-            num_layers=2,
-            num_heads=4,
-            vocab_size=len(tok),
-            decoder_start_token_id=tok.pad_token_id,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
+    base = build_base(
+        "t5",
+        vocab=len(tok),
+        decoder_start_token_id=tok.pad_token_id,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
     )
     model = get_model(base, LoRAConfig(r=4, dropout=dropout))
     randomize_lora(model)
@@ -273,18 +228,8 @@ def test_predict_does_not_depend_on_batch_size(llama, t5, family):
 def test_predict_routes_task_ids_to_the_adapters():
     """With a task-routed adapter (MoRE), the candidates are scored with the adapter of `task_index`."""
     tok = make_tokenizer("llama")
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(
-        LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=len(tok),
-            max_position_embeddings=128,
-        )
-    )
+    # LlamaConfig's own special token ids: no pad token
+    base = build_base("llama", layers=1, vocab=len(tok), max_position_embeddings=128, pad_token_id=None)
     model = get_model(base, MoREConfig(tasks=["a", "b"], max_rank=4, dropout=0.0))
     with torch.no_grad():
         gen = torch.Generator().manual_seed(5)
@@ -307,17 +252,7 @@ def test_predict_routes_task_ids_to_the_adapters():
 
 def test_predict_encoder_reads_the_task_head():
     tok = make_tokenizer("bert")
-    torch.manual_seed(0)
-    bert = BertModel(
-        BertConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            vocab_size=len(tok),
-            max_position_embeddings=64,
-        )
-    )
+    bert = build_base("bert", vocab=len(tok))
     body = get_model(bert, MoREConfig(tasks=["rte", "stsb", "mnli"], max_rank=4, dropout=0.0))
     randomize_lora(body)
     heads = MultiTaskHeads(body, [2, 1, 3], [False, True, False]).eval()

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
+from helpers import build_base
 from rankmix import MoREConfig, get_model
 from rankmix.heads import MultiTaskHeads
 
@@ -23,19 +23,14 @@ LENGTHS = [7, 3, 5, 9, 4, 9, 2]
 
 
 def build(seed: int = 0) -> MultiTaskHeads:
-    torch.manual_seed(seed)
-    bert = BertModel(
-        BertConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            vocab_size=VOCAB,
-            max_position_embeddings=32,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )
-    )
+    bert = build_base(
+        "bert",
+        vocab=VOCAB,
+        seed=seed,
+        max_position_embeddings=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    ).train()  # a freshly built module trains; build_base hands it over in eval mode
     config = MoREConfig(tasks=TASKS, max_rank=4, dropout=0.0, contrastive_weight=CONTRASTIVE)
     body = get_model(bert, config)
     gen = torch.Generator().manual_seed(seed + 1)
