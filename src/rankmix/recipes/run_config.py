@@ -22,6 +22,9 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 16
     lr: float = 3e-4
+    head_lr: float | None = field(
+        default=None, metadata={"help": "learning rate of the encoder task heads (default: lr)"}
+    )
     weight_decay: float = 0.01
     warmup_steps: int = 100
     grad_accum: int = 1
@@ -50,6 +53,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"train.{name} must be a positive integer or null, got {value!r}")
+        if self.head_lr is not None and (
+            isinstance(self.head_lr, bool)
+            or not isinstance(self.head_lr, (int, float))
+            or not self.head_lr > 0
+        ):
+            raise ValueError(f"train.head_lr must be a number > 0 or null, got {self.head_lr!r}")
         for name, low in (("lr", None), ("weight_decay", 0), ("warmup_steps", 0), ("temperature", None)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):

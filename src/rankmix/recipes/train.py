@@ -135,6 +135,15 @@ def load_adapter(run: Run, folder: Path) -> None:
         run.model = loaded
 
 
+def _param_groups(run: Run) -> list[dict]:
+    """Adapter parameters at train.lr; encoder task heads at train.head_lr (fresh heads learn faster)."""
+    adapter = [p for p in run.adapted.parameters() if p.requires_grad]
+    if not isinstance(run.model, MultiTaskHeads):
+        return [{"params": adapter}]
+    head_lr = run.config.train.head_lr or run.config.train.lr
+    return [{"params": adapter}, {"params": list(run.model.heads.parameters()), "lr": head_lr}]
+
+
 def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
@@ -231,8 +240,7 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
     accelerator = Accelerator(
         mixed_precision=t.mixed_precision, cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp]
     )
-    params = [p for p in run.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(run), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, t.warmup_steps, t.steps)
     sampler = TaskSampler(
         [len(s) for s in run.train_sets],
