@@ -230,9 +230,7 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
         return time.time() - start_time
 
     checkpoint = out / "checkpoint.pt"
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    run = prepare(cfg)
+    run = prepare(cfg)  # bad input fails here, before anything on disk changes
     t = cfg.train
     # cpu=True when no GPU is present, so that torchrun / accelerate launch on CPUs run data-parallel (gloo)
     # encoder heads: a single-task batch leaves the other tasks' heads unused, which DDP must be told
@@ -240,6 +238,9 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
     accelerator = Accelerator(
         mixed_precision=t.mixed_precision, cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp]
     )
+    if overwrite and out.exists() and accelerator.is_main_process:
+        shutil.rmtree(out)
+    accelerator.wait_for_everyone()
     optimizer = torch.optim.AdamW(_param_groups(run), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, t.warmup_steps, t.steps)
     sampler = TaskSampler(
