@@ -683,6 +683,17 @@ def test_unknown_task_lists_known_tasks_and_suggests(bad, capsys):
     assert not out.exists()
 
 
+def test_overwrite_with_bad_input_keeps_the_old_run(runs, bad, capsys, tmp_path):
+    """--overwrite deletes the old run only once the new input is valid: a typo loses nothing."""
+    run, _ = runs.get("decoder")
+    copy = copy_run(run, tmp_path / "kept")
+    before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+    recipe, _ = bad(tasks=["rte", "stsbb"])
+    err = fails(capsys, "train", recipe, "--overwrite", "--set", f"output_dir={copy}")
+    assert "unknown task 'stsbb'" in err
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before
+
+
 def test_data_folder_without_files_names_expected_path(bad, capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     recipe, out = bad(lambda d: d.update(data_dir=str(tmp_path / "empty")))
