@@ -40,21 +40,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .recipes.evaluate import evaluate
-    from .recipes.train import format_table, write_json
+    from .recipes.train import evaluate_run, format_table, write_json
 
     run, _ = _adapter_run(args.adapter, args.set, splits=("dev",))
-    t = run.config.train
-    results = evaluate(
-        run.model,
-        run.family,
-        run.tokenizer,
-        run.tasks,
-        run.dev_sets,
-        t.batch_size,
-        t.max_length,
-        args.mode or run.config.eval_mode,
-    )
+    results = evaluate_run(run, mode=args.mode)
     print(format_table(results))
     if args.out:
         write_json(Path(args.out), results)
@@ -135,7 +124,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> None:
     from .plots import plot_allocation, plot_expert_load, plot_selected_ranks
-    from .recipes.evaluate import evaluate
+    from .recipes.train import evaluate_run
 
     run, path = _adapter_run(args.adapter, args.set, splits=("dev",))
     out = Path(args.out or path.parent / "plots")
@@ -143,8 +132,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     if run.adapted.adapter_config.task_names:
         written.append(plot_selected_ranks(run.adapted.selected_ranks(), out / "selected_ranks.png"))
     if run.adapted.adapter_config.routing == "token":
-        t = run.config.train
-        evaluate(run.model, run.family, run.tokenizer, run.tasks, run.dev_sets, t.batch_size, t.max_length)
+        evaluate_run(run, mode="score")  # routes the dev set through the routers, which count the load
         written.append(plot_expert_load(run.adapted.router_stats()["expert_load"], out / "expert_load.png"))
     for p in written:
         print(p)

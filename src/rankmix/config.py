@@ -353,13 +353,18 @@ def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
     if method not in CONFIGS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(CONFIGS)}")
     cls = CONFIGS[method]
+    check_keys(cls, data, f"{cls.__name__} has no option ")
+    return cls(**data)
+
+
+def check_keys(cls: type, data: dict[str, Any], problem: str, prefix: str = "") -> None:
+    """Refuse keys that are not fields of dataclass `cls`, suggesting the closest one."""
     known = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {sorted(known)}"
-            raise ValueError(f"{cls.__name__} has no option {key!r}{hint}")
-    return cls(**data)
+            hint = f"; did you mean {prefix + close[0]!r}?" if close else f"; known keys: {sorted(known)}"
+            raise ValueError(f"{problem}{prefix + key!r}{hint}")
 
 
 def load_config(path: str | Path) -> AdapterConfig:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..config import AdapterConfig, config_from_dict, read_yaml
+from ..config import AdapterConfig, check_keys, config_from_dict, read_yaml
 
 SAMPLINGS = ("size_softmax", "temperature", "proportional", "uniform")
 BATCH_MODES = ("single", "mixed")
@@ -122,12 +121,7 @@ class RunConfig:
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {prefix + close[0]!r}?" if close else f"; known keys: {sorted(known)}"
-            raise ValueError(f"unknown option {prefix}{key!r}{hint}")
+    check_keys(cls, data, "unknown option ", prefix)
     missing = [
         f.name
         for f in dataclasses.fields(cls)

@@ -206,6 +206,16 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, sampler, resume_key
     return ckpt["state"]
 
 
+def evaluate_run(run: Run, model: nn.Module | None = None, mode: str | None = None) -> dict:
+    """Dev metrics of every task of `run` (with `model`, e.g. an unwrapped DDP replica, if given)."""
+    t = run.config.train
+    model = run.model if model is None else model
+    mode = mode or run.config.eval_mode
+    return evaluate(
+        model, run.family, run.tokenizer, run.tasks, run.dev_sets, t.batch_size, t.max_length, mode
+    )
+
+
 # -- the loop -----------------------------------------------------------------------------------------
 def format_table(results: dict[str, dict[str, float]]) -> str:
     lines = [f"{'task':<16} {'metrics':<40} {'score':>6}"]
@@ -272,16 +282,7 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
                     writer.add_scalar(key, value, record["step"])
 
     def run_eval(step: int) -> None:
-        results = evaluate(
-            accelerator.unwrap_model(model),
-            run.family,
-            run.tokenizer,
-            run.tasks,
-            run.dev_sets,
-            t.batch_size,
-            t.max_length,
-            cfg.eval_mode,
-        )
+        results = evaluate_run(run, accelerator.unwrap_model(model))
         avg = average(results)
         emit({"step": step, "eval/average": avg, **{f"eval/{k}": r["score"] for k, r in results.items()}})
         state["history"].append({"step": step, "average": avg, "tasks": results})
