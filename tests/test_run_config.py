@@ -311,3 +311,25 @@ def test_direct_construction_validates_train_dict():
     assert isinstance(cfg.train, TrainConfig) and cfg.train.steps == 3
     with pytest.raises(ValueError, match="did you mean"):
         RunConfig(model="m", tasks=["rte"], method={"method": "lora"}, train={"step": 3})
+
+
+def test_custom_task_paths_are_relative_to_the_recipe(tmp_path, monkeypatch):
+    """custom_tasks resolve against the recipe's folder, whatever the working directory, and are kept
+    absolute so the saved run.yaml still finds them."""
+    (tmp_path / "recipes").mkdir()
+    recipe = tmp_path / "recipes" / "r.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "model": "m",
+                "tasks": ["rte"],
+                "method": {"method": "lora"},
+                "custom_tasks": ["tasks/mine.yaml"],
+            }
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg = load_run_config(recipe)
+    assert cfg.custom_tasks == [str((tmp_path / "recipes" / "tasks" / "mine.yaml").resolve())]
+    cfg.save(tmp_path / "run.yaml")
+    assert load_run_config(tmp_path / "run.yaml").custom_tasks == cfg.custom_tasks

@@ -81,7 +81,9 @@ class RunConfig:
     method: dict[str, Any] = field(metadata={"help": "adapter config: {method: more, max_rank: 8, ...}"})
     output_dir: str = "runs/run"
     data_dir: str | None = field(default=None, metadata={"help": "local data folder; none: the HF hub"})
-    custom_tasks: list[str] = field(default_factory=list, metadata={"help": "YAML files of user tasks"})
+    custom_tasks: list[str] = field(
+        default_factory=list, metadata={"help": "YAML files of user tasks, relative to the recipe"}
+    )
     strict: bool = field(
         default=False, metadata={"help": "malformed data rows raise instead of being skipped"}
     )
@@ -158,4 +160,7 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     data = read_yaml(path.read_text())
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a recipe is a YAML mapping (model:, tasks:, method:, train: ...)")
-    return _build(RunConfig, apply_overrides(data, overrides or []))
+    data = apply_overrides(data, overrides or [])
+    if isinstance(data.get("custom_tasks"), list):  # relative to the recipe, kept absolute in run.yaml
+        data["custom_tasks"] = [str((path.parent / p).resolve()) for p in data["custom_tasks"]]
+    return _build(RunConfig, data)
