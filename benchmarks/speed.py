@@ -50,7 +50,7 @@ def loop_forward(self, x: torch.Tensor) -> torch.Tensor:
     """Per-expert loop in the MoLA/Mixtral reference style: gather each expert's tokens, run that expert,
     scatter back. Same maths as the fused bank; used only as the speed reference."""
     result = self.base_layer(x)
-    gates, aux = self.router(x, None)
+    gates, aux = self.router(x, None, self._context.token_mask_for(x))
     if self._context.collect:
         self._context.aux.extend(aux.items())
     flat_x = self.bank.dropout(x).reshape(-1, x.shape[-1])

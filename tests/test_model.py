@@ -443,6 +443,25 @@ def test_router_stats_top_k_and_top_p(tiny):
     assert top_k.router_stats() == {}
 
 
+def test_padding_is_not_routed_load(tiny):
+    """With an attention mask, padded positions are not counted as routed tokens (the balance loss
+    uses the same mask: test_routers checks its value against the real tokens alone)."""
+    torch.manual_seed(5)
+    model = get_model(tiny.base("llama", layers=2), HiLoConfig(experts="4", ranks="2", top_k=2)).eval()
+    tiny.randomize(model)
+    batch = tiny.batch("llama", batch_size=3, seq_len=6)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1]])
+    with torch.no_grad():
+        padded = model(input_ids=batch["input_ids"], attention_mask=mask)
+    for _, m in model.adapted_modules():
+        assert m.router.tokens == mask.sum()
+    model.router_stats(reset=True)
+    with torch.no_grad():  # the same positions without a mask: every position counts
+        model(input_ids=batch["input_ids"])
+    assert all(m.router.tokens == mask.numel() for _, m in model.adapted_modules())
+    assert padded.aux_losses["balance"] > 0
+
+
 # -- bad inputs ------------------------------------------------------------------------------------
 
 

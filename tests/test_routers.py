@@ -446,3 +446,21 @@ def test_task_routers_require_task_ids(router):
     """Routers that route by task fail loudly, naming task_ids, when none are given."""
     with pytest.raises(ValueError, match="task_ids"):
         router(torch.randn(2, 3, 4), None)
+
+
+@pytest.mark.parametrize("top_p", [None, 0.6])
+def test_token_mask_keeps_padding_out_of_balance_and_load(top_p):
+    """With a token mask, the balance loss and the load counters are those of the real tokens alone
+    (the same router run on just those tokens); the gates of every position are unchanged."""
+    router = token_router(3, 8, 4, 2, top_p=top_p)
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    gates, aux = router(x, None, mask)
+    load, tokens = router.load.clone(), router.tokens.clone()
+    router.reset_stats()
+    real_gates, real_aux = router(x[mask.bool()], None)
+    torch.testing.assert_close(aux["balance"], real_aux["balance"])
+    torch.testing.assert_close(load, router.load)
+    assert tokens == router.tokens == mask.sum()
+    torch.testing.assert_close(gates[mask.bool()], real_gates)
+    torch.testing.assert_close(gates, router(x, None)[0])

@@ -224,9 +224,12 @@ class RankMixModel(nn.Module):
         return torch.tensor([self.task_index(t) for t in task_ids], dtype=torch.long, device=device)
 
     @contextlib.contextmanager
-    def _routing(self, task_ids: TaskIds, collect: bool) -> Iterator[None]:
+    def _routing(
+        self, task_ids: TaskIds, collect: bool, token_mask: torch.Tensor | None = None
+    ) -> Iterator[None]:
         # task_ids stay set after the call, so gradient checkpointing can recompute the forward pass
         self._context.task_ids = self._task_tensor(task_ids)
+        self._context.token_mask = token_mask
         self._context.collect = collect
         self._context.aux = []
         try:
@@ -235,7 +238,7 @@ class RankMixModel(nn.Module):
             self._context.collect = False
 
     def forward(self, *args: Any, task_ids: TaskIds = None, **kwargs: Any) -> Any:
-        with self._routing(task_ids, collect=True):
+        with self._routing(task_ids, collect=True, token_mask=kwargs.get("attention_mask")):
             outputs = self.base_model(*args, **kwargs)
             aux = self._context.aux
             self._context.aux = []

@@ -12,10 +12,11 @@ from .experts import ExpertBank
 
 @dataclass
 class RoutingContext:
-    """Per-forward state shared by all adapted layers of one model: the batch's task ids, and the
-    auxiliary losses the layers report while `collect` is on."""
+    """Per-forward state shared by all adapted layers of one model: the batch's task ids and attention
+    mask, and the auxiliary losses the layers report while `collect` is on."""
 
     task_ids: torch.Tensor | None = None
+    token_mask: torch.Tensor | None = None
     collect: bool = False
     aux: list[tuple[str, torch.Tensor]] = field(default_factory=list)
 
@@ -33,6 +34,11 @@ class RoutingContext:
             f"{tuple(x.shape)}; "
             "pass one task id per example (task routing needs layers that see one row per example)"
         )
+
+    def token_mask_for(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The attention mask, where it describes the positions of `x` (not, e.g., a T5 decoder's)."""
+        mask = self.token_mask
+        return mask if mask is not None and tuple(mask.shape) == tuple(x.shape[:-1]) else None
 
 
 class AdaptedLinear(nn.Module):
@@ -66,7 +72,8 @@ class AdaptedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         xa = x.to(self.bank.lora_A.dtype)
-        gates, aux = self.router(xa, self._context.task_ids_for(x))
+        context = self._context
+        gates, aux = self.router(xa, context.task_ids_for(x), context.token_mask_for(x))
         if self._context.collect:
             self._context.aux.extend(aux.items())
         return result + self.bank(xa, gates).to(result.dtype)

@@ -1,7 +1,8 @@
 """Routers: map a module's input and the batch's task ids to per-expert gate weights.
 
-Every router is called as `router(x, task_ids) -> (gates, aux)`: gates broadcast against x's
-leading dimensions, aux is a dict of unweighted auxiliary losses (possibly empty). Routers
+Every router is called as `router(x, task_ids, token_mask) -> (gates, aux)`: gates broadcast against
+x's leading dimensions, aux is a dict of unweighted auxiliary losses (possibly empty); `token_mask`
+(x's leading shape, 1 for real tokens) keeps padding out of token statistics. Routers
 that depend on the task alone also give `task_gates(task)` so the layer can be merged.
 """
 
@@ -28,7 +29,9 @@ def _require(task_ids: torch.Tensor | None) -> torch.Tensor:
 class SharedRouter(nn.Module):
     """A single expert used by every token and task (plain LoRA)."""
 
-    def forward(self, x: torch.Tensor, task_ids: torch.Tensor | None) -> tuple[None, dict]:
+    def forward(
+        self, x: torch.Tensor, task_ids: torch.Tensor | None, token_mask: torch.Tensor | None = None
+    ) -> tuple[None, dict]:
         return None, {}
 
     def task_gates(self, task: int) -> None:
@@ -60,7 +63,9 @@ class TaskRouter(nn.Module):
             return F.softmax(self.gate(self.task_embedding), dim=-1)
         return torch.eye(self.n_experts)
 
-    def forward(self, x: torch.Tensor, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+    def forward(
+        self, x: torch.Tensor, task_ids: torch.Tensor | None, token_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict]:
         task_ids = _require(task_ids)
         if self.soft:
             return _per_example(self.table()[task_ids], x), {}
@@ -99,7 +104,9 @@ class TaskRankSelector(nn.Module):
         """Index of the chosen expert for every task."""
         return self.probs().argmax(dim=-1)
 
-    def forward(self, x: torch.Tensor, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+    def forward(
+        self, x: torch.Tensor, task_ids: torch.Tensor | None, token_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict]:
         task_ids = _require(task_ids)
         p = self.probs()[task_ids]
         hard = F.one_hot(p.argmax(dim=-1), p.shape[-1]).to(p.dtype)
@@ -142,7 +149,9 @@ class TokenRouter(nn.Module):
         self.register_buffer("load", torch.zeros(n_experts), persistent=False)
         self.register_buffer("tokens", torch.zeros(()), persistent=False)
 
-    def forward(self, x: torch.Tensor, task_ids: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+    def forward(
+        self, x: torch.Tensor, task_ids: torch.Tensor | None, token_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict]:
         probs = F.softmax(self.gate(x).float(), dim=-1)
         top_vals, top_idx = probs.topk(self.top_k, dim=-1)
         if self.top_p is not None and self.top_p < 1.0:
@@ -151,8 +160,12 @@ class TokenRouter(nn.Module):
         top_vals = top_vals / top_vals.sum(dim=-1, keepdim=True)
         gates = torch.zeros_like(probs).scatter(-1, top_idx, top_vals)
         chosen = (gates > 0).to(probs.dtype).reshape(-1, probs.shape[-1])
-        fraction = chosen.sum(0) / chosen.sum()
-        balance = probs.shape[-1] * (fraction * probs.reshape(-1, probs.shape[-1]).mean(0)).sum()
+        flat = probs.reshape(-1, probs.shape[-1])
+        if token_mask is not None:  # padding neither counts as load nor pulls on the balance
+            keep = token_mask.reshape(-1).bool()
+            chosen, flat = chosen[keep], flat[keep]
+        fraction = chosen.sum(0) / chosen.sum().clamp(min=1)
+        balance = probs.shape[-1] * (fraction * flat.sum(0) / max(flat.shape[0], 1)).sum()
         with torch.no_grad():
             self.load += chosen.sum(0)
             self.tokens += chosen.shape[0]
