@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import difflib
 import json
@@ -37,7 +38,7 @@ POOLINGS = ("first", "mean")
 
 
 @dataclass
-class AdapterConfig:
+class AdapterConfig(abc.ABC):
     """Fields every method accepts. Subclasses set the class-level facts the model builder reads."""
 
     method: ClassVar[str] = ""
@@ -94,12 +95,13 @@ class AdapterConfig:
         """True when experts or ranks vary by layer, so every adapted module needs a layer index."""
         return False
 
+    @abc.abstractmethod
     def expert_ranks(self, layer: int | None, n_layers: int) -> list[int]:
         """The rank of each expert in the module at `layer` (of `n_layers`)."""
-        raise NotImplementedError  # every concrete config defines it
 
+    @abc.abstractmethod
     def largest_rank(self) -> int:
-        raise NotImplementedError  # every concrete config defines it
+        """The largest expert rank anywhere (the R of constant scaling alpha/R)."""
 
     def expert_scales(self, ranks: list[int]) -> list[float]:
         if self.scaling == "rank":
@@ -235,8 +237,9 @@ class _TokenRoutedConfig(AdapterConfig):
     def uses_layer_profile(self) -> bool:
         return True
 
+    @abc.abstractmethod
     def layer_rank(self, layer: int, n_layers: int) -> int:
-        raise NotImplementedError  # every concrete config defines it
+        """The rank of the experts at `layer` (of `n_layers`)."""
 
     def expert_ranks(self, layer: int | None, n_layers: int) -> list[int]:
         n = per_layer(self.experts, n_layers, "experts")[layer]
