@@ -518,6 +518,21 @@ def test_bad_task_ids(tiny, method):
         copy.deepcopy(model).merge_and_unload(task="sst2")
 
 
+def test_load_adapter_weights_into_same_configuration(tiny, tmp_path):
+    """load_adapter_weights fills an already adapted model of the same configuration (same outputs as
+    the saved model) and refuses an adapter saved with another configuration."""
+    pristine, model = build(tiny, "llama", "more")
+    model.save_pretrained(tmp_path)
+    target = get_model(copy.deepcopy(pristine), model.adapter_config).eval()
+    target.load_adapter_weights(tmp_path)
+    batch = tiny.batch("llama")
+    with torch.no_grad():
+        assert close(target(**batch, task_ids=[0, 1]).logits, model(**batch, task_ids=[0, 1]).logits)
+    other = get_model(copy.deepcopy(pristine), MoREConfig(tasks=model.adapter_config.tasks, max_rank=3))
+    with pytest.raises(ValueError, match="another adapter configuration"):
+        other.load_adapter_weights(tmp_path)
+
+
 def test_load_onto_base_with_other_shapes(tiny, tmp_path):
     """An adapter saved on a hidden-32 model does not load onto a hidden-48 one, and the refused
     model is left as it was given: no adapters injected, its trainable flags untouched."""

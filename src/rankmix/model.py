@@ -125,6 +125,28 @@ def _write_json(path: Path, data: dict) -> None:
     _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def _read_adapter(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The saved config (format checked) and tensors of a rankmix adapter folder, with clear errors."""
+    config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for f in (config_file, weights_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} is missing: {folder} is not a rankmix adapter folder")
+    try:
+        meta = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_file} is corrupted ({e}); save the adapter again") from None
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version != FORMAT_VERSION or "adapter" not in meta:
+        raise ValueError(
+            f"{config_file} has format_version {version!r}; this rankmix reads version {FORMAT_VERSION}"
+        )
+    try:
+        tensors = load_file(weights_file)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{weights_file} is corrupted or truncated ({e}); save the adapter again") from None
+    return meta, tensors
+
+
 class RankMixModel(nn.Module):
     """A Hugging Face model with rankmix adapters. Call it like the base model, plus `task_ids`."""
 
@@ -353,35 +375,23 @@ class RankMixModel(nn.Module):
         cls, model: nn.Module, path: str | os.PathLike, is_trainable: bool = False
     ) -> RankMixModel:
         """Attach an adapter saved by `save_pretrained` to `model` (the base it was trained on)."""
-        folder = Path(path)
-        config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        for f in (config_file, weights_file):
-            if not f.is_file():
-                raise FileNotFoundError(f"{f} is missing: {folder} is not a rankmix adapter folder")
-        try:
-            meta = json.loads(config_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{config_file} is corrupted ({e}); save the adapter again") from None
-        version = meta.get("format_version") if isinstance(meta, dict) else None
-        if version != FORMAT_VERSION or "adapter" not in meta:
-            raise ValueError(
-                f"{config_file} has format_version {version!r}; this rankmix reads version {FORMAT_VERSION}"
-            )
-        try:
-            tensors = load_file(weights_file)
-        except (SafetensorError, OSError) as e:
-            raise ValueError(
-                f"{weights_file} is corrupted or truncated ({e}); save the adapter again"
-            ) from None
+        meta, tensors = _read_adapter(Path(path))
         rank_model = cls(model, config_from_dict(meta["adapter"]))
         try:
-            rank_model._load_adapter(tensors, weights_file, meta.get("base_model_name_or_path"))
+            rank_model._load_adapter(tensors, Path(path) / WEIGHTS_NAME, meta.get("base_model_name_or_path"))
         except ValueError:
             rank_model.unload()  # leave the caller's model as it was given
             raise
         for param in rank_model.adapter_parameters().values():
             param.requires_grad_(is_trainable)
         return rank_model
+
+    def load_adapter_weights(self, path: str | os.PathLike) -> None:
+        """Load the weights of an adapter saved with this model's very configuration (no re-injection)."""
+        meta, tensors = _read_adapter(Path(path))
+        if meta["adapter"] != json.loads(json.dumps(self.adapter_config.to_dict())):
+            raise ValueError(f"{path} was saved with another adapter configuration than this model's")
+        self._load_adapter(tensors, Path(path) / WEIGHTS_NAME, meta.get("base_model_name_or_path"))
 
     @torch.no_grad()
     def _load_adapter(self, tensors: dict[str, torch.Tensor], source: Path, base_name: str | None) -> None:

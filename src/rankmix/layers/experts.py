@@ -61,14 +61,17 @@ class ExpertBank(nn.Module):
         """Adapter output. `gates` (..., n_experts) broadcasts against x's leading dims; None means
         every expert at weight 1 (the single-LoRA case)."""
         h = self.dropout(x) @ self.lora_A.t()
-        weights = self.mix.sum(0) if gates is None else gates.to(self.mix.dtype) @ self.mix
-        return (h * weights.to(h.dtype)) @ self.lora_B.t()
+        return (h * self._component_weights(gates).to(h.dtype)) @ self.lora_B.t()
 
     def factors(self, gates: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """A plain LoRA (A_t, B_t) equal to this bank under fixed gates (n_experts,), scaling folded
         into B_t; its rank is the number of components the gates use."""
-        weights = self.mix.sum(0) if gates is None else gates.to(self.mix) @ self.mix
+        weights = self._component_weights(gates)
         used = weights != 0
         a = self.lora_A[used]
         b = self.lora_B[:, used] * weights[used].to(self.lora_B.dtype)
         return a, b
+
+    def _component_weights(self, gates: torch.Tensor | None) -> torch.Tensor:
+        """Per-expert gates -> per-rank-component weights, scaling included."""
+        return self.mix.sum(0) if gates is None else gates.to(self.mix) @ self.mix

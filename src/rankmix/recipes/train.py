@@ -126,13 +126,9 @@ def save_adapter(run: Run, folder: Path) -> None:
 
 def load_adapter(run: Run, folder: Path) -> None:
     """Load a saved adapter (and heads) into a freshly prepared run."""
-    loaded = RankMixModel.from_pretrained(run.adapted.unload(), folder, is_trainable=True)
-    run.adapted = loaded
+    run.adapted.load_adapter_weights(folder)
     if isinstance(run.model, MultiTaskHeads):
-        run.model.body = loaded
         run.model.heads.load_state_dict(load_file(str(folder / HEADS_NAME)))
-    else:
-        run.model = loaded
 
 
 def _param_groups(run: Run) -> list[dict]:
