@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -235,23 +234,6 @@ def test_more_rank_scaling_option():
 
 
 # -- routing facts and aux losses ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("cfg", "needs"),
-    [
-        (MoREConfig(tasks=TASKS), True),
-        (MultiLoRAConfig(tasks=TASKS), True),
-        (MoELoRAConfig(tasks=TASKS), True),
-        (LoRAConfig(), False),
-        (MoLAConfig(), False),
-        (HiLoConfig(), False),
-    ],
-    ids=lambda v: type(v).__name__ if dataclasses.is_dataclass(v) else str(v),
-)
-def test_needs_task_ids(cfg, needs):
-    """Task-routed methods need task ids; token-routed and plain LoRA do not."""
-    assert cfg.needs_task_ids is needs
 
 
 def test_aux_weights():

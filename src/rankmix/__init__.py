@@ -1,7 +1,5 @@
 """rankmix: multi-task PEFT with mixtures of low-rank experts (MoRE, HiLo and baselines)."""
 
-__version__ = "0.1.0"
-
 from .config import (
     HiLoConfig,
     LoRAConfig,
@@ -12,6 +10,7 @@ from .config import (
     load_config,
 )
 from .model import RankMixModel, get_model
+from .version import __version__
 
 __all__ = [
     "HiLoConfig",

@@ -4,34 +4,17 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import difflib
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
-
 from .allocation import Profile, parse_profile, per_layer
+from .files import read_yaml, write_json, write_yaml
+from .hints import did_you_mean
 
 SCALINGS = ("rank", "rslora", "constant")
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-3` (no dot) as a float, as people write it in recipes."""
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
-def read_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)
 
 
 POOLINGS = ("first", "mean")
@@ -39,11 +22,10 @@ POOLINGS = ("first", "mean")
 
 @dataclass
 class AdapterConfig(abc.ABC):
-    """Fields every method accepts. Subclasses set the class-level facts the model builder reads."""
+    """Fields every method accepts. `method` is the name recipes and saved configs use; what a method
+    builds (its router, its kind of experts) is registered in methods.py."""
 
     method: ClassVar[str] = ""
-    routing: ClassVar[str] = "none"  # none | task | task_soft | rank | token
-    nested: ClassVar[bool] = False  # experts are prefixes of one max-rank LoRA (MoRE)
 
     target_modules: str | list[str] = field(
         default="all-linear",
@@ -87,10 +69,6 @@ class AdapterConfig(abc.ABC):
         return list(getattr(self, "tasks", []))
 
     @property
-    def needs_task_ids(self) -> bool:
-        return self.routing in ("task", "task_soft", "rank")
-
-    @property
     def uses_layer_profile(self) -> bool:
         """True when experts or ranks vary by layer, so every adapted module needs a layer index."""
         return False
@@ -119,14 +97,9 @@ class AdapterConfig(abc.ABC):
         return {"method": self.method, **dataclasses.asdict(self)}
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        data = self.to_dict()
-        text = (
-            yaml.safe_dump(data, sort_keys=False)
-            if path.suffix in (".yaml", ".yml")
-            else json.dumps(data, indent=2)
-        )
-        path.write_text(text)
+        """Write the config as YAML (.yaml/.yml) or JSON, atomically."""
+        write = write_yaml if Path(path).suffix in (".yaml", ".yml") else write_json
+        write(path, self.to_dict())
 
 
 def _check_tasks(tasks: list[str]) -> list[str]:
@@ -165,7 +138,6 @@ class MultiLoRAConfig(AdapterConfig):
     """One LoRA per task, chosen by the task id."""
 
     method: ClassVar[str] = "multilora"
-    routing: ClassVar[str] = "task"
     tasks: list[str] = field(default_factory=list)
     r: int = 8
 
@@ -186,7 +158,6 @@ class MoELoRAConfig(AdapterConfig):
     """E experts mixed by a soft gate over a learned task embedding (dense, task-deterministic)."""
 
     method: ClassVar[str] = "moelora"
-    routing: ClassVar[str] = "task_soft"
     tasks: list[str] = field(default_factory=list)
     experts: int = 8
     rank: int = 8
@@ -210,7 +181,6 @@ class MoELoRAConfig(AdapterConfig):
 class _TokenRoutedConfig(AdapterConfig):
     """Experts chosen per token by a router: top-k, or dynamic top-p with at most k experts."""
 
-    routing: ClassVar[str] = "token"
     experts: Profile = "2468"
     top_k: int = 2
     top_p: float | None = None
@@ -292,8 +262,6 @@ class MoREConfig(AdapterConfig):
     """MoRE: nested experts of ranks 1..max_rank, one chosen per task by a trained selector."""
 
     method: ClassVar[str] = "more"
-    routing: ClassVar[str] = "rank"
-    nested: ClassVar[bool] = True
     tasks: list[str] = field(default_factory=list)
     max_rank: int = 8
     alpha: float = 32.0
@@ -365,8 +333,7 @@ def check_keys(cls: type, data: dict[str, Any], problem: str, prefix: str = "") 
     known = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {prefix + close[0]!r}?" if close else f"; known keys: {sorted(known)}"
+            hint = did_you_mean(key, known, prefix) or f"; known keys: {sorted(known)}"
             raise ValueError(f"{problem}{prefix + key!r}{hint}")
 
 

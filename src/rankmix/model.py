@@ -1,38 +1,25 @@
 """get_model() and RankMixModel: inject adapters into any Hugging Face model, route task ids to every
-layer, add auxiliary losses to outputs.loss, save/load, merge per task and export to PEFT LoRA."""
+layer, add auxiliary losses to outputs.loss. Statistics, files, and merge/export live in stats.py,
+persistence.py and deploy.py; the model keeps thin methods for them (the public API)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
+from . import deploy, persistence, stats
 from .config import AdapterConfig, config_from_dict
-from .layers import (
-    AdaptedLinear,
-    ExpertBank,
-    RoutingContext,
-    SharedRouter,
-    TaskRankSelector,
-    TaskRouter,
-    TokenRouter,
-)
+from .layers import AdaptedLinear, ExpertBank, RoutingContext
+from .methods import method_of
 
-FORMAT_VERSION = 1
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|blocks|block|h)\.(\d+)(?:\.|$)")
 
 TaskIds = torch.Tensor | Sequence[int] | Sequence[str] | None
@@ -95,58 +82,6 @@ def find_targets(model: nn.Module, target_modules: str | list[str]) -> list[str]
     return sorted(chosen, key=lambda n: [int(p) if p.isdigit() else p for p in n.split(".")])
 
 
-def _make_router(config: AdapterConfig, d_in: int, n_experts: int) -> nn.Module:
-    n_tasks = len(config.task_names)
-    if config.routing == "none":
-        return SharedRouter()
-    if config.routing == "task":
-        return TaskRouter(n_tasks, n_experts)
-    if config.routing == "task_soft":
-        return TaskRouter(n_tasks, n_experts, embedding_dim=config.task_embedding_dim)
-    if config.routing == "rank":
-        return TaskRankSelector(d_in, n_tasks, n_experts, config.temperature, config.pooling)
-    return TokenRouter(d_in, n_experts, config.top_k, config.top_p)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename, so a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2, default=lambda v: sorted(v) if isinstance(v, set) else str(v))
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def _read_adapter(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The saved config (format checked) and tensors of a rankmix adapter folder, with clear errors."""
-    config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    for f in (config_file, weights_file):
-        if not f.is_file():
-            raise FileNotFoundError(f"{f} is missing: {folder} is not a rankmix adapter folder")
-    try:
-        meta = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{config_file} is corrupted ({e}); save the adapter again") from None
-    version = meta.get("format_version") if isinstance(meta, dict) else None
-    if version != FORMAT_VERSION or "adapter" not in meta:
-        raise ValueError(
-            f"{config_file} has format_version {version!r}; this rankmix reads version {FORMAT_VERSION}"
-        )
-    try:
-        tensors = load_file(weights_file)
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{weights_file} is corrupted or truncated ({e}); save the adapter again") from None
-    return meta, tensors
-
-
 class RankMixModel(nn.Module):
     """A Hugging Face model with rankmix adapters. Call it like the base model, plus `task_ids`."""
 
@@ -154,6 +89,7 @@ class RankMixModel(nn.Module):
         super().__init__()
         self.base_model = model
         self.adapter_config = config
+        self.method = method_of(config)
         self._context = RoutingContext()
         targets = find_targets(model, config.target_modules)
         indices = [i for i in (layer_index(n) for n, _ in model.named_modules()) if i is not None]
@@ -182,16 +118,9 @@ class RankMixModel(nn.Module):
         parent = self.base_model.get_submodule(parent_name)
         base = getattr(parent, attr)
         d_in, d_out, fan_in_fan_out = _shape(base)
-        bank = ExpertBank(
-            d_in,
-            d_out,
-            ranks,
-            config.expert_scales(ranks),
-            nested=config.nested,
-            linear_scaling=getattr(config, "linear_scaling", False),
-            dropout=config.dropout,
-        )
-        router = _make_router(config, d_in, len(ranks))
+        method = self.method
+        bank = ExpertBank(d_in, d_out, ranks, config.expert_scales(ranks), **method.bank_options(config))
+        router = method.make_router(config, d_in, len(ranks))
         weight = base.weight
         dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
         bank.to(device=weight.device, dtype=dtype)
@@ -228,7 +157,7 @@ class RankMixModel(nn.Module):
     def _task_tensor(self, task_ids: TaskIds) -> torch.Tensor | None:
         config = self.adapter_config
         if task_ids is None:
-            if config.needs_task_ids:
+            if self.method.task_routed:
                 raise ValueError(
                     f"{type(config).__name__} routes by task: pass task_ids=... with one task per example "
                     f"(ints 0..{len(config.task_names) - 1} or names from {config.task_names})"
@@ -287,59 +216,20 @@ class RankMixModel(nn.Module):
         with self._routing(task_ids, collect=False):
             return self.base_model.generate(*args, **kwargs)
 
-    # -- inspection -------------------------------------------------------------------------------
+    # -- inspection (stats.py) --------------------------------------------------------------------
     def selected_ranks(self) -> dict[str, dict[str, int]]:
-        """{task: {module: rank}}: the rank of the LoRA each task uses in each module (the selector's
-        choice for MoRE; the expert rank, or all experts' ranks for MoELoRA's dense mix)."""
-        tasks = self.adapter_config.task_names
-        if not tasks:
-            raise ValueError(
-                f"{type(self.adapter_config).__name__} is not task-routed: it has no per-task ranks"
-            )
-        with torch.no_grad():
-            return {
-                task: {name: m.task_factors(t)[0].shape[0] for name, m in self.adapted_modules()}
-                for t, task in enumerate(tasks)
-            }
+        """{task: {module: rank}}: the rank of the LoRA each task uses in each module."""
+        return stats.selected_ranks(self)
 
     def parameter_counts(self) -> dict[str, int]:
-        """trainable, adapter (all LoRA factors), router, active_per_token (LoRA parameters one token
-        uses: top-k experts, the task's rank, ...; an upper bound for top-p), total."""
-        lora = router = 0
-        active = 0.0
-        for _, m in self.adapted_modules():
-            lora += sum(p.numel() for p in m.bank.parameters())
-            router += sum(p.numel() for p in m.router.parameters())
-            active += m.active_rank() * (m.bank.lora_A.shape[1] + m.bank.lora_B.shape[0])
-        return {
-            "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad),
-            "adapter": lora,
-            "router": router,
-            "active_per_token": round(active),
-            "total": sum(p.numel() for p in self.parameters()),
-        }
+        """trainable, adapter, router, active_per_token, total (see stats.parameter_counts)."""
+        return stats.parameter_counts(self)
 
     def router_stats(self, reset: bool = False) -> dict[str, Any]:
-        """Per-module expert load (share of routed assignments per expert, and mean experts per token)
-        since the last reset, for token routing; the per-task rank per module for task routing."""
-        stats: dict[str, Any] = {}
-        load = {}
-        for name, m in self.adapted_modules():
-            if isinstance(m.router, TokenRouter) and m.router.tokens > 0:
-                counts = m.router.load
-                load[name] = {
-                    "share": (counts / counts.sum()).tolist(),
-                    "experts_per_token": float(counts.sum() / m.router.tokens),
-                }
-                if reset:
-                    m.router.reset_stats()
-        if load:
-            stats["expert_load"] = load
-        if self.adapter_config.task_names:
-            stats["selected_ranks"] = self.selected_ranks()
-        return stats
+        """Expert load per module (token routing) and selected ranks (task routing)."""
+        return stats.router_stats(self, reset)
 
-    # -- files ------------------------------------------------------------------------------------
+    # -- files (persistence.py) -------------------------------------------------------------------
     def adapter_parameters(self) -> dict[str, nn.Parameter]:
         """Every adapter parameter (banks and routers) under its PEFT-style file key."""
         params = {}
@@ -354,31 +244,17 @@ class RankMixModel(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """adapter_config.json (versioned) and adapter_model.safetensors, each written atomically."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.contiguous().cpu() for k, v in self.adapter_state_dict().items()}
-        _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-        base_config = getattr(self.base_model, "config", None)
-        _write_json(
-            folder / CONFIG_NAME,
-            {
-                "format_version": FORMAT_VERSION,
-                "rankmix_version": __version__,
-                "base_model_name_or_path": getattr(base_config, "_name_or_path", None),
-                "base_model_class": type(self.base_model).__name__,
-                "adapter": self.adapter_config.to_dict(),
-            },
-        )
+        persistence.save_adapter(self, path)
 
     @classmethod
     def from_pretrained(
         cls, model: nn.Module, path: str | os.PathLike, is_trainable: bool = False
     ) -> RankMixModel:
         """Attach an adapter saved by `save_pretrained` to `model` (the base it was trained on)."""
-        meta, tensors = _read_adapter(Path(path))
+        meta, tensors = persistence.read_adapter(path)
         rank_model = cls(model, config_from_dict(meta["adapter"]))
         try:
-            rank_model._load_adapter(tensors, Path(path) / WEIGHTS_NAME, meta.get("base_model_name_or_path"))
+            persistence.load_tensors(rank_model, tensors, meta, path)
         except ValueError:
             rank_model.unload()  # leave the caller's model as it was given
             raise
@@ -388,41 +264,9 @@ class RankMixModel(nn.Module):
 
     def load_adapter_weights(self, path: str | os.PathLike) -> None:
         """Load the weights of an adapter saved with this model's very configuration (no re-injection)."""
-        meta, tensors = _read_adapter(Path(path))
-        if meta["adapter"] != json.loads(json.dumps(self.adapter_config.to_dict())):
-            raise ValueError(f"{path} was saved with another adapter configuration than this model's")
-        self._load_adapter(tensors, Path(path) / WEIGHTS_NAME, meta.get("base_model_name_or_path"))
+        persistence.load_adapter_weights(self, path)
 
-    @torch.no_grad()
-    def _load_adapter(self, tensors: dict[str, torch.Tensor], source: Path, base_name: str | None) -> None:
-        expected = self.adapter_parameters()
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise ValueError(
-                f"{source} does not fit this base model: missing {missing[:3]}, unexpected {unexpected[:3]}; "
-                f"load it onto the model it was trained on ({base_name})"
-            )
-        for key, param in expected.items():
-            if tensors[key].shape != param.shape:
-                raise ValueError(
-                    f"{key} has shape {tuple(tensors[key].shape)} in {source} but {tuple(param.shape)} here: "
-                    f"the adapter was trained on a base model with other shapes ({base_name}); "
-                    "load it onto that model"
-                )
-        for key, param in expected.items():
-            param.copy_(tensors[key])
-
-    # -- merge and export -------------------------------------------------------------------------
-    def _resolve_task(self, task: int | str | None) -> int:
-        if not self.adapter_config.task_names:
-            return 0
-        if task is None:
-            raise ValueError(
-                f"pass task=... (one of {self.adapter_config.task_names}): each task merges differently"
-            )
-        return self.task_index(task)
-
+    # -- merge and export (deploy.py) ---------------------------------------------------------------
     def unload(self) -> nn.Module:
         """Remove the adapters and return the base model as it was (trainable flags restored)."""
         for name, m in list(self.adapted_modules()):
@@ -432,51 +276,14 @@ class RankMixModel(nn.Module):
             p.requires_grad_(flag)
         return self.base_model
 
-    @torch.no_grad()
     def merge_and_unload(self, task: int | str | None = None) -> nn.Module:
         """Fold `task`'s adapter into the base weights and return the plain base model (changed in place;
         this RankMixModel is spent). Inference then costs what the base model costs."""
-        t = self._resolve_task(task)
-        modules = [m for _, m in self.adapted_modules()]
-        deltas = [m.delta_weight(t) for m in modules]  # all first: a refusal must leave the model intact
-        for m, delta in zip(modules, deltas, strict=True):
-            m.base_layer.weight += delta.to(m.base_layer.weight.dtype)
-        return self.unload()
+        return deploy.merge_and_unload(self, task)
 
-    @torch.no_grad()
     def export_lora(self, task: int | str | None = None, path: str | os.PathLike = "") -> Path:
-        """Write `task`'s adapter as a standard PEFT LoRA (per-module rank = the rank that task uses,
-        scaling folded into lora_B) that `peft.PeftModel.from_pretrained` loads."""
-        from peft import LoraConfig
-
-        if not path:
-            raise ValueError("pass path=... (a folder to write the PEFT adapter into)")
-        t = self._resolve_task(task)
-        tensors, ranks, fan_in_fan_out = {}, {}, False
-        for name, m in self.adapted_modules():
-            a, b = m.task_factors(t)
-            tensors[f"base_model.model.{name}.lora_A.weight"] = a.contiguous().cpu()
-            tensors[f"base_model.model.{name}.lora_B.weight"] = b.contiguous().cpu()
-            ranks[re.escape(name)] = a.shape[0]
-            fan_in_fan_out |= m.fan_in_fan_out
-        top = max(ranks.values())
-        base_config = getattr(self.base_model, "config", None)
-        lora = LoraConfig(
-            r=top,
-            lora_alpha=top,
-            target_modules=[name for name, _ in self.adapted_modules()],
-            rank_pattern=dict(ranks),
-            alpha_pattern=dict(ranks),
-            lora_dropout=self.adapter_config.dropout,
-            fan_in_fan_out=fan_in_fan_out,
-            bias="none",
-            base_model_name_or_path=getattr(base_config, "_name_or_path", None),
-        )
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-        _write_json(folder / CONFIG_NAME, lora.to_dict())
-        return folder
+        """Write `task`'s adapter as a standard PEFT LoRA that `peft.PeftModel.from_pretrained` loads."""
+        return deploy.export_lora(self, task, path)
 
 
 def get_model(model: nn.Module, config: AdapterConfig) -> RankMixModel:

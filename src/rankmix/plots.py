@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .files import atomic_write
 from .model import layer_index
 
 __all__ = ["plot_allocation", "plot_expert_load", "plot_selected_ranks"]
@@ -123,18 +123,13 @@ def _grid_size(n_rows: int, n_cols: int) -> tuple[float, float]:
 
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Write `fig` as a PNG at `path` atomically (temp file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """Write `fig` as a PNG at `path`, atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             fig.savefig(f, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def plot_selected_ranks(selected: dict[str, dict[str, int]], path: str | os.PathLike[str]) -> Path:

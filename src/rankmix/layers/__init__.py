@@ -2,11 +2,12 @@
 
 from .experts import ExpertBank
 from .linear import AdaptedLinear, RoutingContext
-from .routers import SharedRouter, TaskRankSelector, TaskRouter, TokenRouter
+from .routers import Router, SharedRouter, TaskRankSelector, TaskRouter, TokenRouter
 
 __all__ = [
     "AdaptedLinear",
     "ExpertBank",
+    "Router",
     "RoutingContext",
     "SharedRouter",
     "TaskRankSelector",

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .experts import ExpertBank
+from .routers import Router
 
 
 @dataclass
@@ -49,7 +50,7 @@ class AdaptedLinear(nn.Module):
         self,
         base_layer: nn.Module,
         bank: ExpertBank,
-        router: nn.Module,
+        router: Router,
         context: RoutingContext,
         fan_in_fan_out: bool = False,
     ) -> None:

@@ -1,16 +1,37 @@
 """Routers: map a module's input and the batch's task ids to per-expert gate weights.
 
-Every router is called as `router(x, task_ids, token_mask) -> (gates, aux)`: gates broadcast against
-x's leading dimensions, aux is a dict of unweighted auxiliary losses (possibly empty); `token_mask`
-(x's leading shape, 1 for real tokens) keeps padding out of token statistics. Routers
-that depend on the task alone also give `task_gates(task)` so the layer can be merged.
+Every router meets the `Router` protocol below; `SharedRouter` (LoRA), `TaskRouter` (Multi-LoRA, MoELoRA),
+`TaskRankSelector` (MoRE) and `TokenRouter` (MoLA, MixLoRA, HiLo) are the four kinds.
 """
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@runtime_checkable
+class Router(Protocol):
+    """The contract between an adapted layer and its router (every router is also an `nn.Module`)."""
+
+    def __call__(
+        self, x: torch.Tensor, task_ids: torch.Tensor | None, token_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """(gates, aux): gates broadcast against x's leading dimensions (None: every expert at weight 1);
+        aux holds unweighted auxiliary losses by kind (possibly none). `token_mask` (x's leading shape,
+        1 for real tokens) keeps padding out of token statistics."""
+        ...
+
+    def task_gates(self, task: int) -> torch.Tensor | None:
+        """The fixed gates `task` uses, so the layer can be merged; token routers raise ValueError."""
+        ...
+
+    def active_rank(self, ranks: list[int]) -> float:
+        """The LoRA rank one token uses, given the experts' ranks (a mean over tasks where it varies)."""
+        ...
 
 
 def _per_example(gates: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -172,10 +193,7 @@ class TokenRouter(nn.Module):
         return gates, {"balance": balance}
 
     def task_gates(self, task: int) -> torch.Tensor:
-        raise ValueError(
-            "token-routed experts depend on each token, not on the task: this adapter cannot be merged "
-            "or exported per task. Use MoRE, Multi-LoRA, MoELoRA or LoRA for per-task merging"
-        )
+        raise ValueError("token-routed experts depend on each token: there are no fixed gates per task")
 
     def active_rank(self, ranks: list[int]) -> float:
         return float(sum(sorted(ranks)[-self.top_k :]))

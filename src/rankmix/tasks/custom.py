@@ -15,13 +15,12 @@ YAML, so the task reads them whatever data_dir a recipe passes (and also when it
 
 from __future__ import annotations
 
-import difflib
 import string
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..files import read_yaml
+from ..hints import did_you_mean
 from .base import Task
 from .metrics import METRICS
 from .readers import columns, json_reader, label_key
@@ -43,8 +42,7 @@ def _strings(value: Any, key: str, where: str) -> tuple[str, ...]:
 def _check_keys(spec: dict[str, Any], where: str) -> None:
     for key in spec:
         if key not in _KEYS:
-            close = difflib.get_close_matches(str(key), _KEYS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(key, _KEYS)
             raise ValueError(f"{where}: unknown key {key!r}{hint} Allowed keys: {', '.join(_KEYS)}")
     missing = [k for k in _REQUIRED if k not in spec]
     if missing:
@@ -129,7 +127,7 @@ def load_custom_task(path: str | Path) -> Task:
     key = (path.resolve(), text)
     if key in _LOADED:
         return _LOADED[key]
-    spec = yaml.safe_load(text)
+    spec = read_yaml(text)
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: expected a YAML mapping of task settings, got {type(spec).__name__}")
     _check_keys(spec, where)

@@ -8,11 +8,11 @@ orders follow the hub's ClassLabel order, so hub label indices need no mapping.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Sequence
 from typing import Any
 
+from ..hints import did_you_mean
 from .base import Task
 from .readers import Convert, columns, hub_reader, json_reader, tsv_reader
 from .synthetic import synthetic_tasks
@@ -39,8 +39,7 @@ def get_task(name: str) -> Task:
     key = name.lower()
     if key in _TASKS:
         return _TASKS[key]
-    close = difflib.get_close_matches(key, _TASKS, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else "."
+    hint = did_you_mean(key, _TASKS) or "."
     raise ValueError(f"unknown task {name!r}{hint} Known tasks: {', '.join(task_names())}")
 
 

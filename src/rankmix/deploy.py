@@ -1,0 +1,79 @@
+"""Deployment: fold one task's adapter into the base weights, or export it as a stock PEFT LoRA.
+Only mergeable methods have one plain LoRA per task; token-routed experts depend on each token."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from .files import write_json
+from .persistence import CONFIG_NAME, WEIGHTS_NAME, base_model_name, save_tensors
+
+if TYPE_CHECKING:
+    from .model import RankMixModel
+
+
+def resolve_task(model: RankMixModel, task: int | str | None) -> int:
+    """The task index to merge or export; refuses methods whose adapter is not one LoRA per task."""
+    if not model.method.mergeable:
+        raise ValueError(
+            "token-routed experts depend on each token, not on the task: this adapter cannot be merged "
+            "or exported per task. Use MoRE, Multi-LoRA, MoELoRA or LoRA for per-task merging"
+        )
+    if not model.method.task_routed:
+        return 0
+    if task is None:
+        raise ValueError(
+            f"pass task=... (one of {model.adapter_config.task_names}): each task merges differently"
+        )
+    return model.task_index(task)
+
+
+@torch.no_grad()
+def merge_and_unload(model: RankMixModel, task: int | str | None = None) -> nn.Module:
+    """Fold `task`'s adapter into the base weights and return the plain base model (changed in place)."""
+    t = resolve_task(model, task)
+    modules = [m for _, m in model.adapted_modules()]
+    deltas = [m.delta_weight(t) for m in modules]  # all first: a refusal must leave the model intact
+    for m, delta in zip(modules, deltas, strict=True):
+        m.base_layer.weight += delta.to(m.base_layer.weight.dtype)
+    return model.unload()
+
+
+@torch.no_grad()
+def export_lora(model: RankMixModel, task: int | str | None, path: str | os.PathLike) -> Path:
+    """Write `task`'s adapter as a standard PEFT LoRA (per-module rank = the rank that task uses, scaling
+    folded into lora_B) that `peft.PeftModel.from_pretrained` loads."""
+    from peft import LoraConfig
+
+    if not path:
+        raise ValueError("pass path=... (a folder to write the PEFT adapter into)")
+    t = resolve_task(model, task)
+    tensors, ranks, fan_in_fan_out = {}, {}, False
+    for name, m in model.adapted_modules():
+        a, b = m.task_factors(t)
+        tensors[f"base_model.model.{name}.lora_A.weight"] = a
+        tensors[f"base_model.model.{name}.lora_B.weight"] = b
+        ranks[re.escape(name)] = a.shape[0]
+        fan_in_fan_out |= m.fan_in_fan_out
+    top = max(ranks.values())
+    lora = LoraConfig(
+        r=top,
+        lora_alpha=top,
+        target_modules=[name for name, _ in model.adapted_modules()],
+        rank_pattern=dict(ranks),
+        alpha_pattern=dict(ranks),
+        lora_dropout=model.adapter_config.dropout,
+        fan_in_fan_out=fan_in_fan_out,
+        bias="none",
+        base_model_name_or_path=base_model_name(model.base_model),
+    )
+    folder = Path(path)
+    save_tensors(folder / WEIGHTS_NAME, tensors)
+    write_json(folder / CONFIG_NAME, lora.to_dict())
+    return folder

@@ -1,0 +1,80 @@
+"""Reading and writing the files rankmix owns. Every write is atomic: the data goes to a temporary file
+(or folder) beside the target, then an `os.replace` swaps it in, so a crash never leaves half a file
+and a reader never sees one. Temporary names start with a dot, so they stay out of folder listings."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` (no dot) as a float, as people write it in recipes."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML text (safe loader; `1e-3` is a float)."""
+    return yaml.load(text, Loader=_YamlLoader)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """Call `write(tmp_path)` to fill a temporary file beside `path`, then move it onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """JSON with indentation; sets become sorted lists and other unknown values strings."""
+    text = json.dumps(data, indent=2, default=lambda v: sorted(v) if isinstance(v, set) else str(v))
+    return write_text(path, text)
+
+
+def write_yaml(path: str | os.PathLike, data: Any) -> Path:
+    return write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+@contextmanager
+def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `folder` to fill; on success it replaces `folder` as a whole, on
+    an error `folder` is left as it was."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        yield tmp
+        old = folder.with_name(f".{folder.name}.old")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,105 @@
+"""Adapter folders: `adapter_config.json` (format version, method config, base model name) and
+`adapter_model.safetensors` (PEFT-style keys), written atomically and read back with clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .files import atomic_write, write_json
+from .version import __version__
+
+if TYPE_CHECKING:
+    from .model import RankMixModel
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> Path:
+    """A safetensors file of contiguous CPU copies, written atomically."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+
+
+def base_model_name(model: torch.nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "_name_or_path", None)
+
+
+def save_adapter(model: RankMixModel, path: str | os.PathLike) -> None:
+    folder = Path(path)
+    save_tensors(folder / WEIGHTS_NAME, model.adapter_state_dict())
+    write_json(
+        folder / CONFIG_NAME,
+        {
+            "format_version": FORMAT_VERSION,
+            "rankmix_version": __version__,
+            "base_model_name_or_path": base_model_name(model.base_model),
+            "base_model_class": type(model.base_model).__name__,
+            "adapter": model.adapter_config.to_dict(),
+        },
+    )
+
+
+def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The saved config (format checked) and tensors of a rankmix adapter folder, with clear errors."""
+    folder = Path(path)
+    config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for f in (config_file, weights_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} is missing: {folder} is not a rankmix adapter folder")
+    try:
+        meta = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_file} is corrupted ({e}); save the adapter again") from None
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version != FORMAT_VERSION or "adapter" not in meta:
+        raise ValueError(
+            f"{config_file} has format_version {version!r}; this rankmix reads version {FORMAT_VERSION}"
+        )
+    try:
+        tensors = load_file(weights_file)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{weights_file} is corrupted or truncated ({e}); save the adapter again") from None
+    return meta, tensors
+
+
+def load_adapter_weights(model: RankMixModel, path: str | os.PathLike) -> None:
+    """Load an adapter saved with `model`'s very configuration into it (no re-injection)."""
+    meta, tensors = read_adapter(path)
+    if meta["adapter"] != json.loads(json.dumps(model.adapter_config.to_dict())):
+        raise ValueError(f"{path} was saved with another adapter configuration than this model's")
+    load_tensors(model, tensors, meta, path)
+
+
+@torch.no_grad()
+def load_tensors(
+    model: RankMixModel, tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str | os.PathLike
+) -> None:
+    """Copy `tensors` into `model`'s adapter parameters; nothing is copied unless all keys and shapes fit."""
+    source = Path(path) / WEIGHTS_NAME
+    base_name = meta.get("base_model_name_or_path")
+    expected = model.adapter_parameters()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{source} does not fit this base model: missing {missing[:3]}, unexpected {unexpected[:3]}; "
+            f"load it onto the model it was trained on ({base_name})"
+        )
+    for key, param in expected.items():
+        if tensors[key].shape != param.shape:
+            raise ValueError(
+                f"{key} has shape {tuple(tensors[key].shape)} in {source} but {tuple(param.shape)} here: "
+                f"the adapter was trained on a base model with other shapes ({base_name}); "
+                "load it onto that model"
+            )
+    for key, param in expected.items():
+        param.copy_(tensors[key])
