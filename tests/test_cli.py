@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from helpers import build_base, word_tokenizer
 from rankmix import RankMixModel
 from rankmix.cli import main
+from rankmix.families import FAMILIES as FAMILY_OF
 from rankmix.model import layer_index
 from rankmix.tasks import Example, get_task
 
@@ -535,7 +536,7 @@ def test_task_scores_match_hand_computed_values():
 def test_evaluate_scores_predictions_against_dev_labels(monkeypatch):
     """evaluate() pairs each task's predictions with that task's dev labels, and averages task scores."""
     from rankmix.recipes import evaluate as ev
-    from rankmix.recipes.train import format_table
+    from rankmix.recipes.evaluate import format_table
 
     gold = [1, 0, 0, 1, 1, 0]
     preds = {"rte": [1, 1, 0, 0, 1, 0], "cola": [1, 1, 0, 0, 1, 0], "stsb": [0, 1, 2, 3, 4, 10]}
@@ -552,7 +553,7 @@ def test_evaluate_scores_predictions_against_dev_labels(monkeypatch):
     monkeypatch.setattr(ev, "predict", fake_predict)
     model = torch.nn.Linear(1, 1)
     tasks = [get_task(t) for t in TASKS]
-    results = ev.evaluate(model, "decoder", None, tasks, [dev[t] for t in TASKS], 4, 64)
+    results = ev.evaluate(model, FAMILY_OF["decoder"], None, tasks, [dev[t] for t in TASKS], 4, 64)
     pearson = 30 / math.sqrt(570 / 9 * 17.5)
     assert results["rte"]["score"] == pytest.approx(4 / 6)
     assert results["cola"]["score"] == pytest.approx(1 / 3)
@@ -779,8 +780,8 @@ def test_strict_qqp_names_the_malformed_line(bad, capsys):
 
 
 def test_non_strict_qqp_skips_the_malformed_row_with_a_warning():
+    from rankmix.recipes.run import load_data
     from rankmix.recipes.run_config import RunConfig
-    from rankmix.recipes.train import load_data
 
     line = qqp_malformed_lines()[0]
     with (DATA / "glue" / "QQP" / "train.tsv").open(encoding="utf-8") as f:

@@ -7,7 +7,8 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from helpers import word_tokenizer
-from rankmix.data.collate import IGNORE, collate, encode_decoder, encode_encoder, encode_seq2seq
+from rankmix.data.collate import IGNORE, encode_decoder, encode_encoder, encode_seq2seq
+from rankmix.families import FAMILIES
 from rankmix.tasks import Example, get_task
 
 WORDS = (
@@ -176,7 +177,7 @@ def test_collate_encoder_has_task_ids_and_float_labels():
         (1, Example("red car", "blue car", 3.25)),
         (0, Example("the sun", "the moon", 0)),
     ]
-    out = collate("encoder", tok, tasks, batch, max_length=32)
+    out = FAMILIES["encoder"].collate(tok, tasks, batch, max_length=32)
     assert out["task_ids"].tolist() == [0, 1, 0]
     assert out["task_ids"].dtype == torch.long
     assert out["labels"].dtype.is_floating_point
@@ -195,7 +196,7 @@ def test_collate_generative_uses_task_prompt_and_answer(family):
         (0, Example("the cat sat", "a dog ran", 1)),
         (0, Example("the sun", "the moon", 0)),
     ]
-    out = collate(family, tok, [rte, stsb], batch, max_length=128)
+    out = FAMILIES[family].collate(tok, [rte, stsb], batch, max_length=128)
     prompts = [
         stsb.template.format(text_a="red car", text_b="blue car"),
         rte.template.format(text_a="the cat sat", text_b="a dog ran"),

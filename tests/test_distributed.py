@@ -13,8 +13,8 @@ import yaml
 
 from helpers import build_base, word_tokenizer
 from rankmix.layers import AdaptedLinear
+from rankmix.recipes.run import load_adapter, prepare
 from rankmix.recipes.run_config import load_run_config
-from rankmix.recipes.train import load_adapter, prepare
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

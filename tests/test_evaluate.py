@@ -15,8 +15,11 @@ from transformers import PreTrainedTokenizerFast
 from helpers import build_base, word_tokenizer
 from rankmix import LoRAConfig, MoREConfig, get_model
 from rankmix.data.collate import IGNORE
+from rankmix.families import FAMILIES
+from rankmix.families import answer_logprob as _answer_logprob
+from rankmix.families import parse_answer as _parse
 from rankmix.heads import MultiTaskHeads
-from rankmix.recipes.evaluate import _answer_logprob, _parse, average, evaluate, predict
+from rankmix.recipes.evaluate import average, evaluate, predict
 from rankmix.tasks import Example, get_task
 
 WORDS = "the cat sat on a mat dog ran fast big red car road sun moon house yes no maybe 0 1 2 3 4 5 ."
@@ -203,7 +206,7 @@ def test_predict_scores_candidates_like_unbatched_reference(llama, t5, family, t
     tok, model = llama if family == "decoder" else t5
     task = get_task(task_name)
     examples = EXAMPLES[task_name]
-    preds = predict(model, family, tok, task, 0, examples, batch_size=2, max_length=256)
+    preds = predict(model, FAMILIES[family], tok, task, 0, examples, batch_size=2, max_length=256)
     assert len(preds) == len(examples)
     for example, pred in zip(examples, preds, strict=True):
         scores = reference_scores(model, family, tok, task, example)
@@ -220,8 +223,8 @@ def test_predict_scores_candidates_like_unbatched_reference(llama, t5, family, t
 @pytest.mark.parametrize("family", ["decoder", "seq2seq"])
 def test_predict_does_not_depend_on_batch_size(llama, t5, family):
     tok, model = llama if family == "decoder" else t5
-    one = predict(model, family, tok, STSB, 0, EXAMPLES["stsb"], batch_size=1, max_length=256)
-    many = predict(model, family, tok, STSB, 0, EXAMPLES["stsb"], batch_size=8, max_length=256)
+    one = predict(model, FAMILIES[family], tok, STSB, 0, EXAMPLES["stsb"], batch_size=1, max_length=256)
+    many = predict(model, FAMILIES[family], tok, STSB, 0, EXAMPLES["stsb"], batch_size=8, max_length=256)
     assert torch.allclose(torch.tensor(one), torch.tensor(many), atol=1e-4)
 
 
@@ -240,7 +243,7 @@ def test_predict_routes_task_ids_to_the_adapters():
     model.eval()
     examples = EXAMPLES["stsb"][:3]
     for t in (0, 1):
-        preds = predict(model, "decoder", tok, STSB, t, examples, batch_size=2, max_length=256)
+        preds = predict(model, FAMILIES["decoder"], tok, STSB, t, examples, batch_size=2, max_length=256)
         expected = [
             reference_prediction(reference_scores(model, "decoder", tok, STSB, e, t), True) for e in examples
         ]
@@ -258,7 +261,7 @@ def test_predict_encoder_reads_the_task_head():
     heads = MultiTaskHeads(body, [2, 1, 3], [False, True, False]).eval()
     for t, task in enumerate((RTE, STSB, MNLI)):
         examples = EXAMPLES[task.name]
-        preds = predict(heads, "encoder", tok, task, t, examples, batch_size=2, max_length=64)
+        preds = predict(heads, FAMILIES["encoder"], tok, task, t, examples, batch_size=2, max_length=64)
         for example, pred in zip(examples, preds, strict=True):
             enc = tok(example.text_a, example.text_b, return_tensors="pt")
             with torch.no_grad():
@@ -331,7 +334,7 @@ def test_evaluate_scores_every_task_and_restores_training():
         for task, examples in zip(tasks, dev, strict=True)
     ]
     model.train()
-    results = evaluate(model, "decoder", tok, tasks, dev, batch_size=3, max_length=256)
+    results = evaluate(model, FAMILIES["decoder"], tok, tasks, dev, batch_size=3, max_length=256)
     assert model.training and all(m.training for m in model.modules())
     assert set(results) == {"rte", "stsb"}
 
@@ -355,7 +358,9 @@ def test_evaluate_scores_every_task_and_restores_training():
 def test_evaluate_keeps_eval_mode(llama):
     tok, model = llama
     model.eval()
-    results = evaluate(model, "decoder", tok, [RTE], [EXAMPLES["rte"][:2]], batch_size=2, max_length=256)
+    results = evaluate(
+        model, FAMILIES["decoder"], tok, [RTE], [EXAMPLES["rte"][:2]], batch_size=2, max_length=256
+    )
     assert not model.training and not any(m.training for m in model.modules())
     assert set(results) == {"rte"}
 
@@ -363,7 +368,9 @@ def test_evaluate_keeps_eval_mode(llama):
 def test_evaluate_seq2seq(t5):
     tok, model = t5
     model.train()
-    results = evaluate(model, "seq2seq", tok, [MNLI], [EXAMPLES["mnli"]], batch_size=2, max_length=256)
+    results = evaluate(
+        model, FAMILIES["seq2seq"], tok, [MNLI], [EXAMPLES["mnli"]], batch_size=2, max_length=256
+    )
     model.eval()
     refs = [
         reference_prediction(reference_scores(model, "seq2seq", tok, MNLI, e), False)

@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from helpers import build_base, word_tokenizer
+from rankmix.recipes.run import Run, build_model, resolve_tasks
 from rankmix.recipes.run_config import load_run_config
-from rankmix.recipes.train import Run, _param_groups, build_model, resolve_tasks
+from rankmix.recipes.train import param_groups
 
 
 def _recipe(tmp_path, arch: str, **train):
@@ -32,7 +33,7 @@ def _recipe(tmp_path, arch: str, **train):
 def _groups(cfg):
     tasks = resolve_tasks(cfg)
     model, adapted, tokenizer, family = build_model(cfg, tasks)
-    return model, _param_groups(Run(cfg, tasks, [], [], model, adapted, tokenizer, family))
+    return model, param_groups(Run(cfg, tasks, [], [], model, adapted, tokenizer, family))
 
 
 @pytest.mark.parametrize("head_lr", [None, 0.05])

@@ -6,27 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from .model import layer_index
 from .recipes.run_config import load_run_config
-
-
-def _adapter_run(folder: str, overrides: list[str], splits: tuple[str, ...] = ()):
-    """Rebuild the run an adapter folder came from (its run.yaml) and load the adapter into it."""
-    from .recipes.train import load_adapter, prepare
-
-    path = Path(folder)
-    if (path / "adapter").is_dir():  # a run folder: use its best adapter
-        path = path / "adapter"
-    if not (path / "run.yaml").is_file():
-        raise FileNotFoundError(f"{path} holds no run.yaml: pass a run folder or its adapter/ folder")
-    run = prepare(load_run_config(path / "run.yaml", overrides), splits)
-    load_adapter(run, path)
-    return run, path
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from accelerate import PartialState
 
-    from .recipes.train import format_table, train
+    from .recipes.evaluate import format_table
+    from .recipes.train import train
 
     cfg = load_run_config(args.config, args.set)
     results = train(cfg, overwrite=args.overwrite, progress=not args.no_progress)
@@ -40,64 +28,39 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .recipes.train import evaluate_run, format_table, write_json
+    from .files import write_json
+    from .recipes.evaluate import format_table
+    from .recipes.run import evaluate_run, open_run
 
-    run, _ = _adapter_run(args.adapter, args.set, splits=("dev",))
+    run, _ = open_run(args.adapter, args.set, splits=("dev",))
     results = evaluate_run(run, mode=args.mode)
     print(format_table(results))
     if args.out:
-        write_json(Path(args.out), results)
+        write_json(args.out, results)
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
-    from safetensors.torch import save_file
+    from .recipes.run import merge_task, open_run
 
-    from .heads import MultiTaskHeads
-
-    run, _ = _adapter_run(args.adapter, args.set)
-    _require_task(run, args.task)
-    names = [t.name for t in run.tasks]
-    heads = run.model.heads if isinstance(run.model, MultiTaskHeads) else None
-    if heads is not None and args.task is None:
-        raise ValueError(f"pass --task: every task has its own head ({names})")
-    plain = run.adapted.merge_and_unload(task=args.task)
-    out = Path(args.out)
-    plain.save_pretrained(out)
-    run.tokenizer.save_pretrained(out)
-    if heads is not None:  # the task's head travels beside the merged encoder
-        head = heads[names.index(args.task)]
-        save_file(
-            {k: v.contiguous() for k, v in head.state_dict().items()}, str(out / "task_head.safetensors")
-        )
+    run, _ = open_run(args.adapter, args.set)
+    out = merge_task(run, args.task, Path(args.out))
     print(f"merged model for task {args.task!r} written to {out}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    run, _ = _adapter_run(args.adapter, args.set)
-    _require_task(run, args.task)
-    path = run.adapted.export_lora(task=args.task, path=args.out)
+    from .recipes.run import export_task, open_run
+
+    run, _ = open_run(args.adapter, args.set)
+    path = export_task(run, args.task, Path(args.out))
     print(f"PEFT LoRA adapter for task {args.task!r} written to {path}")
 
 
-def _require_task(run, task: str | None) -> None:
-    names = [t.name for t in run.tasks]
-    if task is None and run.adapted.adapter_config.task_names:
-        raise ValueError(f"pass --task (one of {names}): each task merges and exports differently")
-    if task is not None and task not in names:
-        raise ValueError(f"unknown task {task!r}; this adapter was trained on {names}")
-
-
-def _allocation(adapted) -> dict[str, list[int]]:
-    return {name: list(m.bank.ranks) for name, m in adapted.adapted_modules()}
-
-
 def cmd_inspect(args: argparse.Namespace) -> None:
-    from .model import layer_index
-    from .recipes.train import build_model, resolve_tasks
+    from .recipes.run import allocation_by_layer, build_model, open_run, resolve_tasks
 
     path = Path(args.target)
     if path.is_dir():
-        run, _ = _adapter_run(args.target, args.set)
+        run, _ = open_run(args.target, args.set)
         adapted, tasks = run.adapted, [t.name for t in run.tasks]
     else:
         cfg = load_run_config(path, args.set)
@@ -105,15 +68,12 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         tasks = cfg.tasks
     print(f"method: {adapted.adapter_config.method}   tasks: {tasks}")
     print("parameters:", adapted.parameter_counts())
-    layers: dict[int | None, list[list[int]]] = {}
-    for name, ranks in _allocation(adapted).items():
-        layers.setdefault(layer_index(name), []).append(ranks)
     print(f"\n{'layer':>5} {'modules':>7} {'experts':>8} {'ranks':<20}")
-    for layer, rows in layers.items():
+    for layer, rows in allocation_by_layer(adapted).items():
         experts = sorted({len(r) for r in rows})
         ranks = sorted({x for r in rows for x in r})
         print(f"{layer!s:>5} {len(rows):>7} {','.join(map(str, experts)):>8} {','.join(map(str, ranks)):<20}")
-    if adapted.adapter_config.task_names:
+    if adapted.method.task_routed:
         print("\nselected rank per task and layer (mean over the layer's modules):")
         for task, ranks in adapted.selected_ranks().items():
             per_layer: dict[int | None, list[int]] = {}
@@ -123,18 +83,10 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from .plots import plot_allocation, plot_expert_load, plot_selected_ranks
-    from .recipes.train import evaluate_run
+    from .recipes.run import PLOTS, open_run, plot_run
 
-    run, path = _adapter_run(args.adapter, args.set, splits=("dev",))
-    out = Path(args.out or path.parent / "plots")
-    written = [plot_allocation(_allocation(run.adapted), out / "allocation.png")]
-    if run.adapted.adapter_config.task_names:
-        written.append(plot_selected_ranks(run.adapted.selected_ranks(), out / "selected_ranks.png"))
-    if run.adapted.adapter_config.routing == "token":
-        evaluate_run(run, mode="score")  # routes the dev set through the routers, which count the load
-        written.append(plot_expert_load(run.adapted.router_stats()["expert_load"], out / "expert_load.png"))
-    for p in written:
+    run, path = open_run(args.adapter, args.set, splits=("dev",))
+    for p in plot_run(run, Path(args.out or path.parent / PLOTS)):
         print(p)
 
 

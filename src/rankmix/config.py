@@ -317,13 +317,17 @@ CONFIGS: dict[str, type[AdapterConfig]] = {
 }
 
 
+def config_class(method: Any) -> type[AdapterConfig]:
+    """The config class of a method name ('more', 'hilo', ...)."""
+    if method not in CONFIGS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(CONFIGS)}")
+    return CONFIGS[method]
+
+
 def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
     """Build the config named by data['method']; unknown keys get a 'did you mean' error."""
     data = dict(data)
-    method = data.pop("method", None)
-    if method not in CONFIGS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(CONFIGS)}")
-    cls = CONFIGS[method]
+    cls = config_class(data.pop("method", None))
     check_keys(cls, data, f"{cls.__name__} has no option ")
     return cls(**data)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .recipes.evaluate import format_table
+from .recipes.run import PLOTS, open_run, plot_run
 from .recipes.run_config import RunConfig, TrainConfig
-from .recipes.train import format_table, train
+from .recipes.train import train
 
 TASKS = ["sentiment", "topic", "negation"]
 METHODS = {
@@ -17,8 +19,6 @@ METHODS = {
 
 def quickstart(out: Path, steps: int = 80) -> dict[str, dict]:
     """Train each method, print the per-task comparison and MoRE's selected ranks, keep adapters and plots."""
-    from .cli import main as cli
-
     results = {}
     for name, method in METHODS.items():
         cfg = RunConfig(
@@ -51,6 +51,8 @@ def quickstart(out: Path, steps: int = 80) -> dict[str, dict]:
             f"{m}: average {results[m]['average']:.3f}, trainable {p['trainable']:,}, "
             f"active per token {p['active_per_token']:,}, {results[m]['wall_time_s']} s"
         )
-    cli(["plot", str(out / "more")])
+    run, _ = open_run(out / "more", [], splits=("dev",))
+    for path in plot_run(run, out / "more" / PLOTS):
+        print(path)
     print(f"adapters, results.json and plots in {out}/<method>/")
     return results

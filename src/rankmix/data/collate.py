@@ -1,4 +1,4 @@
-"""Turn examples into model inputs for each model family.
+"""Tokenize examples for each kind of model (families.py puts them together into training batches).
 
 encoder:  text pair -> tokens; the label goes to a per-task head.
 decoder:  prompt + answer -> one sequence; loss on the answer tokens only.
@@ -11,9 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..tasks.base import Example, Task
+from ..tasks.base import Example
 
-FAMILIES = ("encoder", "decoder", "seq2seq")
 IGNORE = -100
 
 
@@ -63,21 +62,3 @@ def encode_seq2seq(
     enc = tokenizer(list(prompts), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
     targets = [tokenizer(a, truncation=True, max_length=max_length)["input_ids"] for a in answers]
     return {**dict(enc), "labels": _pad(targets, IGNORE)}
-
-
-def collate(
-    family: str, tokenizer, tasks: Sequence[Task], batch: Sequence[tuple[int, Example]], max_length: int
-) -> dict[str, torch.Tensor]:
-    """A training batch of (task index, example) pairs, with `task_ids` for the adapters."""
-    task_ids = torch.tensor([t for t, _ in batch], dtype=torch.long)
-    examples = [e for _, e in batch]
-    if family == "encoder":
-        out = encode_encoder(tokenizer, examples, max_length)
-        out["labels"] = torch.tensor([float(e.label) for e in examples])
-    else:
-        prompts = [tasks[t].prompt(e) for t, e in batch]
-        answers = [tasks[t].answer(e.label) for t, e in batch]
-        encode = encode_decoder if family == "decoder" else encode_seq2seq
-        out = encode(tokenizer, prompts, answers, max_length)
-    out["task_ids"] = task_ids
-    return out

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import AdapterConfig, check_keys, config_from_dict, read_yaml
+from ..config import AdapterConfig, check_keys, config_class, config_from_dict
+from ..files import read_yaml, write_yaml
+from ..methods import METHODS
 
 SAMPLINGS = ("size_softmax", "temperature", "proportional", "uniform")
 BATCH_MODES = ("single", "mixed")
@@ -107,7 +107,7 @@ class RunConfig:
     def adapter_config(self) -> AdapterConfig:
         """The adapter config; task-routed methods get the run's task list unless it names its own."""
         data = dict(self.method)
-        if data.get("method") in ("more", "multilora", "moelora"):
+        if METHODS[config_class(data.get("method"))].task_routed:
             data.setdefault("tasks", list(self.tasks))
             if list(data["tasks"]) != list(self.tasks):
                 raise ValueError(
@@ -119,7 +119,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_yaml(path, self.to_dict())
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:

@@ -1,0 +1,241 @@
+"""A run: its tasks, data and model, prepared from a RunConfig, and its folder on disk.
+
+A run folder holds `run.yaml` (the resolved recipe), `adapter/` (the best adapter, with `run.yaml` and,
+for encoders, the task heads), `checkpoint.pt`, `results.json`, `metrics.jsonl`, `tb/` and `plots/`.
+Everything here is written atomically (files.py)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ..families import ModelFamily
+from ..files import atomic_folder, write_json
+from ..model import RankMixModel, get_model, layer_index
+from ..persistence import save_tensors
+from ..plots import plot_allocation, plot_expert_load, plot_selected_ranks
+from ..stats import mean_selected_ranks
+from ..tasks import get_task, load_custom_task
+from ..tasks.base import Example, Task
+from .evaluate import evaluate
+from .loading import load_model
+from .run_config import RunConfig, load_run_config
+
+RUN_CONFIG = "run.yaml"
+ADAPTER_DIR = "adapter"
+HEADS_NAME = "heads.safetensors"
+TASK_HEAD_NAME = "task_head.safetensors"
+CHECKPOINT = "checkpoint.pt"
+RESULTS = "results.json"
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tb"
+PLOTS = "plots"
+
+
+@dataclass
+class Run:
+    """What a recipe builds before it trains or evaluates."""
+
+    config: RunConfig
+    tasks: list[Task]
+    train_sets: list[list[Example]]
+    dev_sets: list[list[Example]]
+    model: nn.Module  # the trainable module: RankMixModel, or the family's wrapper around it (heads)
+    adapted: RankMixModel
+    tokenizer: Any
+    family: ModelFamily
+
+    @property
+    def heads(self) -> nn.ModuleList | None:
+        return self.family.heads(self.model)
+
+
+# -- preparing a run ---------------------------------------------------------------------------------
+def resolve_tasks(cfg: RunConfig) -> list[Task]:
+    for path in cfg.custom_tasks:
+        load_custom_task(path)
+    return [get_task(name) for name in cfg.tasks]
+
+
+def _subset(examples: list[Example], cap: int | None, seed: int) -> list[Example]:
+    if cap is None or len(examples) <= cap:
+        return examples
+    return random.Random(seed).sample(examples, cap)
+
+
+def load_data(cfg: RunConfig, tasks: list[Task], splits: tuple[str, ...] = ("train", "dev")) -> dict:
+    """Every split of every task, capped per task with the seed."""
+    data: dict[str, list[list[Example]]] = {s: [] for s in splits}
+    caps = {"train": cfg.train.max_train_examples, "dev": cfg.train.max_eval_examples}
+    for task in tasks:
+        for split in splits:
+            examples, _ = task.load(
+                split, cfg.data_dir, strict=cfg.strict
+            )  # the reader warns of skipped rows
+            if not examples:
+                raise ValueError(f"{task.name}/{split} has no examples; check data_dir={cfg.data_dir!r}")
+            data[split].append(_subset(examples, caps[split], cfg.train.seed))
+    return data
+
+
+def build_model(cfg: RunConfig, tasks: list[Task]) -> tuple[nn.Module, RankMixModel, Any, ModelFamily]:
+    """(trainable module, adapted model, tokenizer, family), initialised with the run's seed."""
+    torch.manual_seed(cfg.train.seed)
+    base, tokenizer, family = load_model(cfg.model)
+    adapted = get_model(base, cfg.adapter_config())
+    return family.wrap(adapted, tasks), adapted, tokenizer, family
+
+
+def prepare(cfg: RunConfig, splits: tuple[str, ...] = ("train", "dev")) -> Run:
+    """Tasks and data first (quick, and where bad input shows), then the model."""
+    tasks = resolve_tasks(cfg)
+    data = load_data(cfg, tasks, splits)
+    model, adapted, tokenizer, family = build_model(cfg, tasks)
+    return Run(cfg, tasks, data.get("train", []), data.get("dev", []), model, adapted, tokenizer, family)
+
+
+def evaluate_run(run: Run, model: nn.Module | None = None, mode: str | None = None) -> dict:
+    """Dev metrics of every task of `run` (with `model`, e.g. an unwrapped DDP replica, if given)."""
+    t = run.config.train
+    model = run.model if model is None else model
+    mode = mode or run.config.eval_mode
+    return evaluate(
+        model, run.family, run.tokenizer, run.tasks, run.dev_sets, t.batch_size, t.max_length, mode
+    )
+
+
+# -- the run folder ----------------------------------------------------------------------------------
+def save_adapter(run: Run, folder: Path) -> None:
+    """The adapter (rankmix format), the task heads if any, and the run's config, as one folder swap."""
+    with atomic_folder(folder) as tmp:
+        run.adapted.save_pretrained(tmp)
+        if run.heads is not None:
+            save_tensors(tmp / HEADS_NAME, run.heads.state_dict())
+        run.config.save(tmp / RUN_CONFIG)
+
+
+def load_adapter(run: Run, folder: Path) -> None:
+    """Load a saved adapter (and heads) into a freshly prepared run."""
+    run.adapted.load_adapter_weights(folder)
+    if run.heads is not None:
+        run.heads.load_state_dict(load_file(str(folder / HEADS_NAME)))
+
+
+def open_run(folder: str | Path, overrides: list[str], splits: tuple[str, ...] = ()) -> tuple[Run, Path]:
+    """Rebuild the run a run folder (its best adapter) or an adapter folder came from, adapter loaded;
+    returns the run and the adapter folder."""
+    path = Path(folder)
+    if (path / ADAPTER_DIR).is_dir():
+        path = path / ADAPTER_DIR
+    if not (path / RUN_CONFIG).is_file():
+        raise FileNotFoundError(
+            f"{path} holds no {RUN_CONFIG}: pass a run folder or its {ADAPTER_DIR}/ folder"
+        )
+    run = prepare(load_run_config(path / RUN_CONFIG, overrides), splits)
+    load_adapter(run, path)
+    return run, path
+
+
+def check_task(run: Run, task: str | None, with_head: bool = False) -> None:
+    """`task` must be one of the run's tasks, and is required where each task merges differently (or,
+    `with_head`, has a head of its own)."""
+    names = [t.name for t in run.tasks]
+    if task is None and (run.adapted.method.task_routed or (with_head and run.heads is not None)):
+        raise ValueError(f"pass --task (one of {names}): each task merges and exports differently")
+    if task is not None and task not in names:
+        raise ValueError(f"unknown task {task!r}; this adapter was trained on {names}")
+
+
+def merge_task(run: Run, task: str | None, out: Path) -> Path:
+    """A plain model for `task` (adapter folded in) with its tokenizer, and the task's head if any."""
+    check_task(run, task, with_head=True)
+    heads = run.heads
+    plain = run.adapted.merge_and_unload(task=task)
+    plain.save_pretrained(out)
+    run.tokenizer.save_pretrained(out)
+    if heads is not None:  # the task's head travels beside the merged encoder
+        head = heads[[t.name for t in run.tasks].index(task)]
+        save_tensors(out / TASK_HEAD_NAME, head.state_dict())
+    return out
+
+
+def export_task(run: Run, task: str | None, out: Path) -> Path:
+    """`task`'s adapter as a stock PEFT LoRA."""
+    check_task(run, task)
+    return run.adapted.export_lora(task=task, path=out)
+
+
+def parameters(run: Run) -> dict[str, int]:
+    """The adapter's counts; task heads, where the family has them, are trainable too and counted."""
+    counts = run.adapted.parameter_counts()
+    if run.heads is not None:
+        counts["heads"] = sum(p.numel() for p in run.heads.parameters())
+        counts["trainable"] += counts["heads"]
+        counts["total"] += counts["heads"]
+    return counts
+
+
+def best_summary(run: Run, results: dict[str, dict[str, float]], avg: float) -> dict[str, Any]:
+    """What results.json keeps of the best evaluation: scores, parameter counts and selected ranks."""
+    return {
+        "average": avg,
+        "tasks": results,
+        "parameters": parameters(run),
+        "selected_ranks": mean_selected_ranks(run.adapted),
+    }
+
+
+def results(run: Run, state: dict, wall: float, processes: int) -> dict:
+    """The content of results.json: the best evaluation and the history of all evaluations."""
+    best = state["best"] or {
+        "average": None,
+        "tasks": {},
+        "parameters": parameters(run),
+        "selected_ranks": None,
+    }
+    return {
+        "model": run.config.model,
+        "method": run.config.method,
+        "family": run.family.name,
+        "steps": state["step"],
+        "best_step": state["best_step"],
+        "average": best["average"],
+        "tasks": best["tasks"],
+        "parameters": best["parameters"],  # of the saved (best) adapter
+        "selected_ranks": best["selected_ranks"],
+        "wall_time_s": round(wall, 1),
+        "processes": processes,
+        "history": state["history"],
+    }
+
+
+def write_results(out: Path, data: dict) -> None:
+    write_json(out / RESULTS, data)
+
+
+def plot_run(run: Run, out: Path) -> list[Path]:
+    """PNGs of the run's adapter: allocation; selected ranks (task routing); expert load over the dev
+    set (token routing)."""
+    adapted = run.adapted
+    allocation = {name: list(m.bank.ranks) for name, m in adapted.adapted_modules()}
+    written = [plot_allocation(allocation, out / "allocation.png")]
+    if adapted.method.task_routed:
+        written.append(plot_selected_ranks(adapted.selected_ranks(), out / "selected_ranks.png"))
+    if adapted.method.token_routed:
+        evaluate_run(run, mode="score")  # routes the dev set through the routers, which count the load
+        written.append(plot_expert_load(adapted.router_stats()["expert_load"], out / "expert_load.png"))
+    return written
+
+
+def allocation_by_layer(adapted: RankMixModel) -> dict[int | None, list[list[int]]]:
+    """{layer: [expert ranks of each adapted module in it]}."""
+    layers: dict[int | None, list[list[int]]] = {}
+    for name, m in adapted.adapted_modules():
+        layers.setdefault(layer_index(name), []).append(list(m.bank.ranks))
+    return layers
