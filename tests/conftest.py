@@ -1,11 +1,14 @@
 """Shared helpers for model tests: tiny random Hugging Face models (built in helpers.py), batches, adapter
-randomization."""
+randomization; and the generated GLUE data folder of the end-to-end tests."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
+from glue_fixture import write_glue_fixture
 from helpers import ARCHS, VOCAB, build_base
 from rankmix.layers import TaskRankSelector, TaskRouter, TokenRouter
 
@@ -75,3 +78,10 @@ def tiny():
         randomize = staticmethod(randomize_adapters)
 
     return Tiny
+
+
+@pytest.fixture(scope="session")
+def glue_data(tmp_path_factory) -> Path:
+    """A data_dir of small generated GLUE tasks (tests/glue_fixture.py) in the published layout: the
+    end-to-end tests train on it, so that they run on any clone, without the benchmark data."""
+    return write_glue_fixture(tmp_path_factory.mktemp("glue-data"))

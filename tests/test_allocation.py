@@ -91,7 +91,7 @@ def test_group_sizes_properties(n_layers):
     [
         (8, 4, [2, 2, 2, 2]),  # 8 = 4*2
         (30, 4, [8, 8, 7, 7]),  # 30 = 4*7 + 2: the first two groups take the extra layer
-        (32, 4, [8, 8, 8, 8]),  # Llama-2-7B layout from METHODS.md
+        (32, 4, [8, 8, 8, 8]),  # Llama-2-7B: 32 layers in 4 groups
         (7, 7, [1] * 7),
         (5, 1, [5]),
     ],

@@ -1,4 +1,5 @@
-"""Data-parallel training on CPUs: `torchrun` with two processes trains one adapter (gloo backend)."""
+"""Data-parallel training on CPUs: `torchrun` with two processes trains one adapter (gloo backend), on the
+generated GLUE data of the `glue_data` fixture (tests/glue_fixture.py), so it needs no benchmark data."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from helpers import build_base, word_tokenizer
@@ -16,13 +16,16 @@ from rankmix.layers import AdaptedLinear
 from rankmix.recipes.run import load_adapter, prepare
 from rankmix.recipes.run_config import load_run_config
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-
-def _tiny_llama(folder: Path) -> None:
+def _tiny_llama(folder: Path, data_dir: Path) -> None:
+    """A tiny random Llama whose word tokenizer knows the prompts' words and those of the RTE and CoLA
+    training files of `data_dir`."""
     words = ["yes", "no", "acceptable", "unacceptable", "the", "a", "is", "was", "Answer:", "Question:"]
     words += [f"w{i}" for i in range(200)]
-    fast = word_tokenizer([" ".join(words)], specials=["[PAD]", "[UNK]", "<s>", "</s>"])
+    corpus = [" ".join(words)]
+    for rel in ("glue/RTE/train.tsv", "glue/CoLA/train.tsv"):
+        corpus += (data_dir / rel).read_text(encoding="utf-8").splitlines()
+    fast = word_tokenizer(corpus, specials=["[PAD]", "[UNK]", "<s>", "</s>"])
     model = build_base(
         "llama", vocab=len(fast), max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3
     )
@@ -30,18 +33,17 @@ def _tiny_llama(folder: Path) -> None:
     fast.save_pretrained(folder)
 
 
-@pytest.mark.skipif(not (DATA / "glue" / "RTE").is_dir(), reason="needs ../shared/data")
-def test_torchrun_two_processes(tmp_path):
+def test_torchrun_two_processes(tmp_path, glue_data):
     """Two gloo workers train together: results say 2 processes, only the main process prints, and the
     saved adapter loads and was trained (not the zero initialisation)."""
-    _tiny_llama(tmp_path / "model")
+    _tiny_llama(tmp_path / "model", glue_data)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         yaml.safe_dump(
             {
                 "model": str(tmp_path / "model"),
                 "tasks": ["rte", "cola"],
-                "data_dir": str(DATA),
+                "data_dir": str(glue_data),
                 "output_dir": str(tmp_path / "run"),
                 "method": {"method": "more", "max_rank": 4},
                 "train": {

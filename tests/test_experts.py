@@ -1,4 +1,5 @@
-"""ExpertBank and AdaptedLinear against slow per-expert references (METHODS.md sections 1 and 2)."""
+"""ExpertBank and AdaptedLinear against slow per-expert references of the methods of the MoRE
+(arXiv 2505.22694) and HiLo (arXiv 2502.03884) papers."""
 
 from __future__ import annotations
 
