@@ -20,8 +20,8 @@ from typing import Any
 from .base import Example, Reader
 
 LAYOUT = (
-    "--data-dir (data_dir=...) must point at a folder in the published layout, with glue/, superglue/, "
-    "commonsense/, commonsenseqa/ (and scitail/) inside (see shared/data/README.md)"
+    "data_dir (in the recipe, or --set data_dir=PATH) must point at a folder in the published layout, "
+    "with glue/, superglue/, commonsense/, commonsenseqa/ (and scitail/) inside (README: Tasks)"
 )
 
 # One row as (text_a, text_b or None, raw label), from a dict-like record (JSON object or hub row).
