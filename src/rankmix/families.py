@@ -119,7 +119,7 @@ class GenerativeFamily(ModelFamily):
     def collate(self, tokenizer, tasks, batch, max_length):
         prompts = [tasks[t].prompt(e) for t, e in batch]
         answers = [tasks[t].answer(e.label) for t, e in batch]
-        out = type(self).encode(tokenizer, prompts, answers, max_length)
+        out = self.encode(tokenizer, prompts, answers, max_length)
         out["task_ids"] = torch.tensor([t for t, _ in batch], dtype=torch.long)
         return out
 
@@ -133,9 +133,7 @@ class GenerativeFamily(ModelFamily):
         prompts = [task.prompt(e) for e in chunk for _ in cands]
         answers = cands * len(chunk)
         device = ids.device
-        batch = {
-            k: v.to(device) for k, v in type(self).encode(tokenizer, prompts, answers, max_length).items()
-        }
+        batch = {k: v.to(device) for k, v in self.encode(tokenizer, prompts, answers, max_length).items()}
         labels = batch.pop("labels")
         extra = {"labels": labels} if self.labels_build_decoder_inputs else {}
         logits = model(**batch, **extra, task_ids=ids.repeat_interleave(len(cands))).logits
