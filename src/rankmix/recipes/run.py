@@ -70,9 +70,11 @@ def _subset(examples: list[Example], cap: int | None, seed: int) -> list[Example
 
 
 def load_data(cfg: RunConfig, tasks: list[Task], splits: tuple[str, ...] = ("train", "dev")) -> dict:
-    """Every split of every task, capped per task with the seed."""
+    """Every split of every task, capped per task with the data seed (so every training seed of a study
+    sees the same examples)."""
     data: dict[str, list[list[Example]]] = {s: [] for s in splits}
     caps = {"train": cfg.train.max_train_examples, "dev": cfg.train.max_eval_examples}
+    seed = cfg.train.seed if cfg.train.data_seed is None else cfg.train.data_seed
     for task in tasks:
         for split in splits:
             examples, _ = task.load(
@@ -80,7 +82,7 @@ def load_data(cfg: RunConfig, tasks: list[Task], splits: tuple[str, ...] = ("tra
             )  # the reader warns of skipped rows
             if not examples:
                 raise ValueError(f"{task.name}/{split} has no examples; check data_dir={cfg.data_dir!r}")
-            data[split].append(_subset(examples, caps[split], cfg.train.seed))
+            data[split].append(_subset(examples, caps[split], seed))
     return data
 
 

@@ -25,10 +25,20 @@ class TrainConfig:
         default=None, metadata={"help": "learning rate of the encoder task heads (default: lr)"}
     )
     weight_decay: float = 0.01
+    max_grad_norm: float | None = field(
+        default=1.0, metadata={"help": "clip the gradient norm before each optimizer step; null: no clipping"}
+    )
     warmup_steps: int = 100
     grad_accum: int = 1
     mixed_precision: str = "no"
     seed: int = 42
+    data_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "seed of the per-task training/eval subsets (default: seed); fix it to score "
+            "every seed on the same examples"
+        },
+    )
     eval_every: int = 200
     log_every: int = 10
     sampling: str = field(
@@ -52,6 +62,16 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"train.{name} must be a positive integer or null, got {value!r}")
+        if self.data_seed is not None and (
+            isinstance(self.data_seed, bool) or not isinstance(self.data_seed, int)
+        ):
+            raise ValueError(f"train.data_seed must be an integer or null, got {self.data_seed!r}")
+        if self.max_grad_norm is not None and (
+            isinstance(self.max_grad_norm, bool)
+            or not isinstance(self.max_grad_norm, (int, float))
+            or not self.max_grad_norm > 0
+        ):
+            raise ValueError(f"train.max_grad_norm must be a number > 0 or null, got {self.max_grad_norm!r}")
         if self.head_lr is not None and (
             isinstance(self.head_lr, bool)
             or not isinstance(self.head_lr, (int, float))

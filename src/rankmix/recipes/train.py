@@ -123,6 +123,10 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
                 with sync:
                     outputs = model(**batch)
                     accelerator.backward(outputs.loss / t.grad_accum)
+            if (
+                t.max_grad_norm is not None
+            ):  # one bad batch (e.g. an unscaled regression target) must not wreck the run
+                accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
