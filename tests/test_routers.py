@@ -465,3 +465,16 @@ def test_token_mask_keeps_padding_out_of_balance_and_load(top_p):
     assert tokens == router.tokens == mask.sum()
     torch.testing.assert_close(gates[mask.bool()], real_gates)
     torch.testing.assert_close(gates, router(x, None)[0])
+
+
+def test_rank_selector_initialisation_options():
+    """zero_gate_bias starts the gate without a preferred rank; embedding_std scales the task embeddings;
+    with large embeddings and no bias, tasks start on different ranks."""
+    torch.manual_seed(0)
+    paper = TaskRankSelector(64, 8, 8)
+    assert paper.gate.bias.abs().sum() > 0 and paper.task_embedding.std() < 0.02
+    torch.manual_seed(0)
+    spread = TaskRankSelector(64, 8, 8, embedding_std=1.0, zero_gate_bias=True)
+    assert torch.equal(spread.gate.bias, torch.zeros(8))
+    assert 0.8 < spread.task_embedding.std() < 1.2
+    assert len(set(spread.selected().tolist())) > 1

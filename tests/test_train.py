@@ -165,3 +165,16 @@ def test_data_seed_fixes_the_subsets_across_seeds(tmp_path, glue_data):
     assert subsets(seed=1, data_seed=7) != subsets(seed=1, data_seed=8)
     assert subsets(seed=1) != subsets(seed=2)
     assert subsets(seed=3) == subsets(seed=9, data_seed=3)
+
+
+def test_router_lr_puts_gates_and_task_embeddings_in_their_own_group(tmp_path):
+    """With train.router_lr, MoRE's selectors (gates and task embeddings) train at that rate and the LoRA
+    factors at train.lr; every trainable parameter is in exactly one group."""
+    cfg = _recipe(tmp_path, "llama", lr=0.001, router_lr=0.05)
+    cfg.method = {"method": "more", "max_rank": 2}
+    model, groups = _groups(cfg)
+    assert [g.get("lr") for g in groups] == [None, 0.05]
+    routers = {id(p) for _, m in model.adapted_modules() for p in m.router.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == routers
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)

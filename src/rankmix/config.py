@@ -276,6 +276,13 @@ class MoREConfig(AdapterConfig):
     pooling: str = field(
         default="first", metadata={"help": "'first' token (paper) or 'mean' over positions for L_cl"}
     )
+    task_embedding_std: float = field(
+        default=0.01, metadata={"help": "std of the task embeddings at initialisation (paper: 0.01)"}
+    )
+    zero_gate_bias: bool = field(
+        default=False,
+        metadata={"help": "start the selector's gate bias at zero (paper: PyTorch's default init)"},
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -301,6 +308,8 @@ class MoREConfig(AdapterConfig):
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if not self.task_embedding_std > 0:
+            raise ValueError(f"task_embedding_std must be positive, got {self.task_embedding_std}")
 
     def expert_ranks(self, layer: int | None, n_layers: int) -> list[int]:
         return list(self.ranks) if self.ranks is not None else list(range(1, self.max_rank + 1))

@@ -88,7 +88,13 @@ register(
     Method(
         MoREConfig,
         lambda config, d_in, n: TaskRankSelector(
-            d_in, len(config.tasks), n, config.temperature, config.pooling
+            d_in,
+            len(config.tasks),
+            n,
+            config.temperature,
+            config.pooling,
+            config.task_embedding_std,
+            config.zero_gate_bias,
         ),
         task_routed=True,
         nested=True,

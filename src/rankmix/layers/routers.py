@@ -105,13 +105,22 @@ class TaskRankSelector(nn.Module):
     gate and embeddings), and a contrastive loss that ties each task embedding to its inputs."""
 
     def __init__(
-        self, d_in: int, n_tasks: int, n_experts: int, temperature: float = 0.05, pooling: str = "first"
+        self,
+        d_in: int,
+        n_tasks: int,
+        n_experts: int,
+        temperature: float = 0.05,
+        pooling: str = "first",
+        embedding_std: float = 0.01,
+        zero_gate_bias: bool = False,
     ) -> None:
         super().__init__()
         if pooling not in ("first", "mean"):
             raise ValueError(f"pooling must be 'first' or 'mean', got {pooling!r}")
-        self.task_embedding = nn.Parameter(torch.randn(n_tasks, d_in) * 0.01)
+        self.task_embedding = nn.Parameter(torch.randn(n_tasks, d_in) * embedding_std)
         self.gate = nn.Linear(d_in, n_experts)
+        if zero_gate_bias:  # no built-in preference for one rank: the task embeddings decide
+            nn.init.zeros_(self.gate.bias)
         self.temperature = temperature
         self.pooling = pooling
 

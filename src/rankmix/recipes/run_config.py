@@ -24,6 +24,9 @@ class TrainConfig:
     head_lr: float | None = field(
         default=None, metadata={"help": "learning rate of the encoder task heads (default: lr)"}
     )
+    router_lr: float | None = field(
+        default=None, metadata={"help": "learning rate of the routers: gates, task embeddings (default: lr)"}
+    )
     weight_decay: float = 0.01
     max_grad_norm: float | None = field(
         default=1.0, metadata={"help": "clip the gradient norm before each optimizer step; null: no clipping"}
@@ -66,18 +69,12 @@ class TrainConfig:
             isinstance(self.data_seed, bool) or not isinstance(self.data_seed, int)
         ):
             raise ValueError(f"train.data_seed must be an integer or null, got {self.data_seed!r}")
-        if self.max_grad_norm is not None and (
-            isinstance(self.max_grad_norm, bool)
-            or not isinstance(self.max_grad_norm, (int, float))
-            or not self.max_grad_norm > 0
-        ):
-            raise ValueError(f"train.max_grad_norm must be a number > 0 or null, got {self.max_grad_norm!r}")
-        if self.head_lr is not None and (
-            isinstance(self.head_lr, bool)
-            or not isinstance(self.head_lr, (int, float))
-            or not self.head_lr > 0
-        ):
-            raise ValueError(f"train.head_lr must be a number > 0 or null, got {self.head_lr!r}")
+        for name in ("head_lr", "router_lr", "max_grad_norm"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+            ):
+                raise ValueError(f"train.{name} must be a number > 0 or null, got {value!r}")
         for name, low in (("lr", None), ("weight_decay", 0), ("warmup_steps", 0), ("temperature", None)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):

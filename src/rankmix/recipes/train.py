@@ -33,13 +33,20 @@ from .run_config import RunConfig
 
 
 def param_groups(run: Run) -> list[dict]:
-    """Adapter parameters at train.lr; task heads, where the family has them, at train.head_lr (fresh
-    heads learn faster)."""
+    """Adapter parameters at train.lr; routers (gates, task embeddings) at train.router_lr if set; task
+    heads, where the family has them, at train.head_lr (fresh heads learn faster)."""
+    t = run.config.train
     adapter = [p for p in run.adapted.parameters() if p.requires_grad]
-    if run.heads is None:
-        return [{"params": adapter}]
-    head_lr = run.config.train.head_lr or run.config.train.lr
-    return [{"params": adapter}, {"params": list(run.heads.parameters()), "lr": head_lr}]
+    groups = [{"params": adapter}]
+    if t.router_lr is not None:
+        routers = {id(p) for _, m in run.adapted.adapted_modules() for p in m.router.parameters()}
+        groups = [
+            {"params": [p for p in adapter if id(p) not in routers]},
+            {"params": [p for p in adapter if id(p) in routers], "lr": t.router_lr},
+        ]
+    if run.heads is not None:
+        groups.append({"params": list(run.heads.parameters()), "lr": t.head_lr or t.lr})
+    return groups
 
 
 def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dict:

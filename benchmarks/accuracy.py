@@ -1,0 +1,210 @@
+"""Accuracy suites: every variant of a suite, for every seed, trained with the shipped recipes; one JSON
+per run with its provenance, under benchmarks/results/<suite>/.
+
+    python benchmarks/accuracy.py glue                       # GLUE-CPU: 8 methods x 3 seeds
+    python benchmarks/accuracy.py ablations                  # MoRE and HiLo ablations on GLUE-CPU
+    python benchmarks/accuracy.py commonsense                # SmolLM2-135M commonsense sanity check
+    python benchmarks/accuracy.py glue --only lora more --seeds 0
+    python benchmarks/render.py                              # tables in BENCHMARKS.md, PNG plots
+
+Resumable: a run whose JSON exists is skipped; an interrupted run starts again from scratch (the
+recipes evaluate once, at the final step, so there is no mid-run checkpoint to resume) and the wall
+time of every attempt is summed. Run it from a worktree of a fixed commit (`git worktree add`), so
+that edits elsewhere cannot change a suite half-way; the commit is recorded with every result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from rankmix.files import write_json
+
+ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
+PACKAGES = ("rankmix", "torch", "transformers", "accelerate", "peft", "safetensors")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    recipe: str  # a file under configs/
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Suite:
+    variants: tuple[Variant, ...]
+    seeds: tuple[int, ...]
+    baseline: str  # the variant paired differences are taken against
+    headline_tasks: tuple[str, ...] | None = None  # None: every task counts in the headline average
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def _glue(method: str, name: str | None = None, *overrides: str) -> Variant:
+    return Variant(name or method, f"configs/glue-minilm-{method}.yaml", overrides)
+
+
+GLUE = (
+    _glue("lora"),
+    _glue("lora", "lora-r16", "method.r=16", "method.alpha=32"),
+    _glue("multilora"),
+    _glue("moelora"),
+    _glue("mola"),
+    _glue("hilo"),
+    _glue("hilo", "hilo-topp", "method.top_p=0.8"),
+    _glue("more"),
+)
+ABLATIONS = (
+    _glue("more", "more-linear-scaling", "method.linear_scaling=true"),
+    _glue("more", "more-no-contrastive", "method.contrastive_weight=0"),
+    _glue("more", "more-max-rank-only", "method.ranks=[8]"),
+    _glue("more", "more-mixed-batches", "train.batch_mode=mixed"),
+    _glue("hilo", "hilo-uniform-experts", "method.experts=5555"),
+)
+COMMONSENSE = tuple(
+    Variant(name, f"configs/commonsense-smollm2-{recipe}.yaml", overrides)
+    for name, recipe, overrides in (
+        ("lora", "lora", ()),
+        ("mixlora", "mola", ("method.experts=4",)),
+        ("mola", "mola", ()),
+        ("hilo", "hilo", ()),
+        ("more", "more", ()),
+    )
+)
+SUITES = {
+    "glue": Suite(GLUE, seeds=(0, 1, 2), baseline="lora"),
+    "ablations": Suite(ABLATIONS, seeds=(0,), baseline="more"),
+    "commonsense": Suite(COMMONSENSE, seeds=(0,), baseline="lora"),
+}
+
+
+def provenance() -> dict:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    import torch
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "packages": versions,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def router_details(run_dir: Path) -> dict:
+    """What the render script plots: each task's selected rank per module (task routing) and the share
+    of tokens each expert took per module over the dev set (token routing)."""
+    from rankmix.recipes.run import evaluate_run, open_run
+
+    run, _ = open_run(run_dir, [], splits=("dev",))
+    details: dict = {"allocation": {n: list(m.bank.ranks) for n, m in run.adapted.adapted_modules()}}
+    if run.adapted.method.token_routed:
+        evaluate_run(run)  # routes the dev set, so the routers count their load
+    details.update(run.adapted.router_stats())
+    return details
+
+
+def run_one(suite: str, variant: Variant, seed: int, data_dir: str, out_dir: Path, runs_dir: Path) -> Path:
+    name = f"{variant.name}-s{seed}"
+    result_file = out_dir / suite / f"{name}.json"
+    if result_file.exists():
+        print(f"[{suite}] {name}: done, skipped", flush=True)
+        return result_file
+    run_dir = runs_dir / suite / name
+    wall_file = runs_dir / suite / f"{name}.wall.json"
+    spent = json.loads(wall_file.read_text()) if wall_file.exists() else {"wall_time_s": 0.0, "attempts": 0}
+    spent["attempts"] += 1
+    args = [
+        "train",
+        variant.recipe,
+        "--no-progress",
+        "--overwrite",
+        "--set",
+        f"output_dir={run_dir}",
+        "--set",
+        f"data_dir={data_dir}",
+        "--set",
+        f"train.seed={seed}",
+        *[a for o in variant.overrides for a in ("--set", o)],
+    ]
+    command = "rankmix " + " ".join(args)
+    print(f"[{suite}] {name}: {command}", flush=True)
+    start, before = time.time(), spent["wall_time_s"]
+    (runs_dir / suite).mkdir(parents=True, exist_ok=True)
+    with (runs_dir / suite / f"{name}.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rankmix.cli", *args], cwd=REPO, stdout=log, stderr=log
+        )
+        while proc.poll() is None:  # the wall time of this attempt is kept even if the suite is killed
+            time.sleep(15)
+            spent["wall_time_s"] = before + time.time() - start
+            write_json(wall_file, spent)
+    spent["wall_time_s"] = before + time.time() - start
+    write_json(wall_file, spent)
+    if proc.returncode != 0:
+        raise SystemExit(f"[{suite}] {name} failed (exit {proc.returncode}); see {log.name}")
+    results = json.loads((run_dir / "results.json").read_text())
+    write_json(
+        result_file,
+        {
+            "suite": suite,
+            "variant": variant.name,
+            "seed": seed,
+            "command": command,
+            "wall_time_s_total": round(spent["wall_time_s"], 1),
+            "attempts": spent["attempts"],
+            "provenance": provenance(),
+            "results": results,
+            "details": router_details(run_dir),
+        },
+    )
+    print(f"[{suite}] {name}: average {results['average']:.4f}", flush=True)
+    return result_file
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("suite", choices=sorted(SUITES))
+    parser.add_argument("--seeds", type=int, nargs="+", help="default: the suite's seeds")
+    parser.add_argument("--only", nargs="+", help="variant names to run (default: all)")
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="run folders (not committed)")
+    args = parser.parse_args()
+    suite = SUITES[args.suite]
+    variants = [v for v in suite.variants if not args.only or v.name in args.only]
+    unknown = set(args.only or ()) - {v.name for v in suite.variants}
+    if unknown:
+        parser.error(
+            f"unknown variants {sorted(unknown)}; {args.suite} has {[v.name for v in suite.variants]}"
+        )
+    if not Path(args.data_dir).is_dir():
+        parser.error(f"--data-dir {args.data_dir} is not a folder (the benchmark data, e.g. ../shared/data)")
+    for seed in args.seeds or suite.seeds:  # seed-major: every variant has seed 0 before any has seed 1
+        for variant in variants:
+            run_one(args.suite, variant, seed, args.data_dir, args.out, args.runs)
+
+
+if __name__ == "__main__":
+    main()

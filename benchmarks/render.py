@@ -1,0 +1,169 @@
+"""Render the accuracy suites: tables in BENCHMARKS.md (between `<!-- <suite>:start/end -->` markers) and
+PNG plots in benchmarks/results/<suite>/plots/, from the JSON files benchmarks/accuracy.py wrote.
+
+    python benchmarks/render.py              # every suite that has results
+    python benchmarks/render.py glue
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from accuracy import ROOT, SUITES
+from rankmix.files import atomic_write, write_text
+from rankmix.plots import plot_expert_load, plot_selected_ranks
+
+MARKDOWN = ROOT.parent / "BENCHMARKS.md"
+
+
+def load(suite: str, results_dir: Path) -> dict[str, dict[int, dict]]:
+    """{variant: {seed: record}} in the suite's variant order."""
+    records: dict[str, dict[int, dict]] = defaultdict(dict)
+    for path in sorted((results_dir / suite).glob("*.json")):
+        record = json.loads(path.read_text())
+        records[record["variant"]][record["seed"]] = record
+    order = [v.name for v in SUITES[suite].variants]
+    return {name: records[name] for name in order if name in records}
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def headline(record: dict, tasks: tuple[str, ...] | None) -> float:
+    scores = {t: r["score"] for t, r in record["results"]["tasks"].items()}
+    chosen = [scores[t] for t in (tasks or scores)]
+    return sum(chosen) / len(chosen)
+
+
+def differing_modules(selected: dict[str, dict[str, int]]) -> float:
+    """Share of adapted modules in which two or more tasks select different ranks."""
+    modules = next(iter(selected.values())).keys()
+    differ = sum(len({ranks[m] for ranks in selected.values()}) > 1 for m in modules)
+    return differ / len(modules)
+
+
+def table(suite: str, records: dict[str, dict[int, dict]]) -> str:
+    spec = SUITES[suite]
+    tasks = list(next(iter(next(iter(records.values())).values()))["results"]["tasks"])
+    base = records.get(spec.baseline, {})
+    head = [
+        "variant",
+        "seeds",
+        *tasks,
+        "average",
+        f"paired Δ vs {spec.baseline}",
+        "trainable",
+        "active/token",
+    ]
+    head += ["tasks differ", "wall (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, by_seed in records.items():
+        runs = list(by_seed.values())
+        cells = [name, ",".join(str(s) for s in sorted(by_seed))]
+        cells += [mean_std([r["results"]["tasks"][t]["score"] for r in runs]) for t in tasks]
+        cells.append(mean_std([headline(r, spec.headline_tasks) for r in runs]))
+        paired = [
+            headline(r, spec.headline_tasks) - headline(base[s], spec.headline_tasks)
+            for s, r in by_seed.items()
+            if s in base
+        ]
+        cells.append("-" if name == spec.baseline else mean_std(paired).replace("0.", "+0.", 1))
+        params = runs[0]["results"]["parameters"]
+        cells += [f"{params['trainable']:,}", f"{params['active_per_token']:,}"]
+        selected = [r["details"]["selected_ranks"] for r in runs if "selected_ranks" in r["details"]]
+        cells.append(mean_std([differing_modules(s) for s in selected]) if selected else "-")
+        cells.append(f"{statistics.mean(r['wall_time_s_total'] for r in runs):.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    commits = sorted({r["provenance"]["git_commit"][:10] for v in records.values() for r in v.values()})
+    lines.append("")
+    lines.append(
+        f"Command: `python benchmarks/accuracy.py {suite}` (commit {', '.join(commits)}); "
+        "scores are fractions "
+        "(metric means per task), mean ± standard deviation over seeds; "
+        "paired Δ: per-seed difference of the average; tasks differ: share of adapted modules in which "
+        "two or more tasks select different ranks."
+    )
+    if spec.headline_tasks:
+        lines.append(f"The average counts {', '.join(spec.headline_tasks)} only (see the protocol).")
+    return "\n".join(lines)
+
+
+def plot_tasks(suite: str, records: dict[str, dict[int, dict]], path: Path) -> Path:
+    """Grouped bars: each task's score per variant, error bars = standard deviation over seeds."""
+    tasks = list(next(iter(next(iter(records.values())).values()))["results"]["tasks"])
+    fig = Figure(figsize=(max(8, 1.3 * len(tasks)), 4.5))
+    ax = fig.subplots()
+    width = 0.8 / len(records)
+    for i, (name, by_seed) in enumerate(records.items()):
+        values = [[r["results"]["tasks"][t]["score"] for r in by_seed.values()] for t in tasks]
+        means = [np.mean(v) for v in values]
+        errs = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
+        ax.bar(np.arange(len(tasks)) + i * width, means, width, yerr=errs, label=name, capsize=2)
+    ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, labels=tasks)
+    ax.set_ylabel("score")
+    ax.set_title(f"{suite}: score per task (mean and sd over seeds)")
+    ax.legend(fontsize=7, ncols=4)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            fig.savefig(f, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+
+    return atomic_write(path, write)
+
+
+def plots(suite: str, records: dict[str, dict[int, dict]], folder: Path) -> list[Path]:
+    written = [plot_tasks(suite, records, folder / "tasks.png")]
+    for name, by_seed in records.items():
+        first = by_seed[min(by_seed)]["details"]
+        if "selected_ranks" in first:
+            written.append(
+                plot_selected_ranks(first["selected_ranks"], folder / f"{name}-selected-ranks.png")
+            )
+        if "expert_load" in first:
+            written.append(plot_expert_load(first["expert_load"], folder / f"{name}-expert-load.png"))
+    return written
+
+
+def replace_section(text: str, suite: str, body: str) -> str:
+    start, end = f"<!-- {suite}:start -->", f"<!-- {suite}:end -->"
+    block = f"{start}\n{body}\n{end}"
+    if start in text:
+        return re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    return text.rstrip() + f"\n\n## Accuracy: {suite}\n\n{block}\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("suites", nargs="*", default=sorted(SUITES))
+    parser.add_argument("--results", type=Path, default=ROOT / "results")
+    args = parser.parse_args()
+    text = MARKDOWN.read_text()
+    for suite in args.suites:
+        records = load(suite, args.results)
+        if not records:
+            continue
+        body = table(suite, records)
+        for path in plots(suite, records, args.results / suite / "plots"):
+            body += f"\n\n![{path.stem}]({path.relative_to(MARKDOWN.parent)})"
+        text = replace_section(text, suite, body)
+        print(body)
+    write_text(MARKDOWN, text)
+
+
+if __name__ == "__main__":
+    main()
