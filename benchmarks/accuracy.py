@@ -80,7 +80,36 @@ COMMONSENSE = tuple(
         ("more", "more", ()),
     )
 )
+QUICKSTART = "configs/quickstart.yaml"
+# MoRE's selector and scaling on the quickstart's toy tasks (80 steps, as `rankmix quickstart` trains)
+TOY = (
+    Variant("lora", QUICKSTART, ("train.steps=80", "method={method: lora, r: 8, alpha: 16, dropout: 0.1}")),
+    Variant("more-paper", QUICKSTART, ("train.steps=80",)),
+    Variant("more-no-ls", QUICKSTART, ("train.steps=80", "method.linear_scaling=false")),
+    Variant(
+        "more-no-ls-spread",
+        QUICKSTART,
+        (
+            "train.steps=80",
+            "method.linear_scaling=false",
+            "method.zero_gate_bias=true",
+            "method.task_embedding_std=1",
+        ),
+    ),
+    Variant(
+        "more-no-ls-spread-mean",
+        QUICKSTART,
+        (
+            "train.steps=80",
+            "method.linear_scaling=false",
+            "method.zero_gate_bias=true",
+            "method.task_embedding_std=1",
+            "method.pooling=mean",
+        ),
+    ),
+)
 SUITES = {
+    "toy": Suite(TOY, seeds=(0, 1, 2), baseline="lora"),
     "glue": Suite(GLUE, seeds=(0, 1, 2), baseline="lora"),
     "ablations": Suite(ABLATIONS, seeds=(0,), baseline="more"),
     "commonsense": Suite(COMMONSENSE, seeds=(0,), baseline="lora"),
