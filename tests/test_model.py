@@ -583,3 +583,17 @@ def test_more_merge_and_export_need_a_task(tiny, tmp_path):
         model.export_lora(path=tmp_path / "out")
     assert all(isinstance(m, AdaptedLinear) for _, m in model.adapted_modules())
     assert isinstance(next(m.router for _, m in model.adapted_modules()), TaskRankSelector)
+
+
+def test_frozen_rank_map_is_saved_and_loaded(tiny, tmp_path):
+    """MoRE with learn_selection=False saves its frozen task-to-rank map with the adapter, and a model
+    loaded from it selects the same ranks (not a fresh random map)."""
+    from rankmix import MoREConfig
+
+    config = MoREConfig(tasks=["a", "b", "c"], max_rank=4, learn_selection=False, task_embedding_std=1.0)
+    torch.manual_seed(3)
+    model = get_model(tiny.base("llama"), config)
+    model.save_pretrained(tmp_path)
+    torch.manual_seed(4)  # another random state: a map drawn afresh would differ
+    loaded = RankMixModel.from_pretrained(tiny.base("llama"), tmp_path)
+    assert loaded.selected_ranks() == model.selected_ranks()

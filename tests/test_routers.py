@@ -478,3 +478,22 @@ def test_rank_selector_initialisation_options():
     assert torch.equal(spread.gate.bias, torch.zeros(8))
     assert 0.8 < spread.task_embedding.std() < 1.2
     assert len(set(spread.selected().tolist())) > 1
+
+
+def test_rank_selector_without_learned_selection_keeps_its_first_choice():
+    """learn_selection=False (the official code's effective behaviour): the first random task-to-rank map
+    is used in every forward pass, no gradient reaches the gate, while the contrastive loss still trains
+    the task embeddings."""
+    torch.manual_seed(0)
+    sel = TaskRankSelector(16, 3, 4, embedding_std=1.0, zero_gate_bias=True, learn_selection=False)
+    first = sel.selected().clone()
+    x = torch.randn(6, 5, 16)
+    ids = torch.tensor([0, 1, 2, 0, 1, 2])
+    gates, aux = sel(x, ids)
+    assert torch.equal(gates.squeeze(1), F.one_hot(first[ids], 4).float())
+    (gates.sum() + aux["contrastive"]).backward()
+    assert sel.gate.weight.grad is None and sel.task_embedding.grad is not None
+    with torch.no_grad():
+        sel.gate.weight.add_(torch.randn_like(sel.gate.weight) * 10)  # training the gate changes nothing
+    assert torch.equal(sel.selected(), first)
+    assert torch.equal(sel.task_gates(1), F.one_hot(first[1], 4).float())

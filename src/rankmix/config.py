@@ -279,6 +279,13 @@ class MoREConfig(AdapterConfig):
     task_embedding_std: float = field(
         default=0.01, metadata={"help": "std of the task embeddings at initialisation (paper: 0.01)"}
     )
+    learn_selection: bool = field(
+        default=True,
+        metadata={
+            "help": "false keeps each task's first random rank choice (no straight-through gradient): what "
+            "the official code effectively trains; an ablation"
+        },
+    )
     zero_gate_bias: bool = field(
         default=False,
         metadata={"help": "start the selector's gate bias at zero (paper: PyTorch's default init)"},

@@ -95,6 +95,7 @@ register(
             config.pooling,
             config.task_embedding_std,
             config.zero_gate_bias,
+            config.learn_selection,
         ),
         task_routed=True,
         nested=True,

@@ -239,8 +239,21 @@ class RankMixModel(nn.Module):
                     params[f"base_model.model.{name}.{part}.{pname}"] = p
         return params
 
+    def adapter_buffers(self) -> dict[str, torch.Tensor]:
+        """Adapter state that is not trained but saved (e.g. a frozen task-to-rank map), by file key."""
+        buffers = {}
+        for name, m in self.adapted_modules():
+            for part in ("bank", "router"):
+                module = getattr(m, part)
+                params = dict(module.named_parameters())
+                for key, value in module.state_dict(keep_vars=True).items():
+                    if key not in params:
+                        buffers[f"base_model.model.{name}.{part}.{key}"] = value
+        return buffers
+
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: p.detach() for k, p in self.adapter_parameters().items()}
+        """Every saved adapter tensor: parameters and persistent buffers."""
+        return {k: p.detach() for k, p in {**self.adapter_parameters(), **self.adapter_buffers()}.items()}
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """adapter_config.json (versioned) and adapter_model.safetensors, each written atomically."""

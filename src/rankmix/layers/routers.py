@@ -113,6 +113,7 @@ class TaskRankSelector(nn.Module):
         pooling: str = "first",
         embedding_std: float = 0.01,
         zero_gate_bias: bool = False,
+        learn_selection: bool = True,
     ) -> None:
         super().__init__()
         if pooling not in ("first", "mean"):
@@ -123,6 +124,8 @@ class TaskRankSelector(nn.Module):
             nn.init.zeros_(self.gate.bias)
         self.temperature = temperature
         self.pooling = pooling
+        if not learn_selection:  # the official code's effective behaviour: the first random choice, kept
+            self.register_buffer("frozen_choice", self.probs().argmax(dim=-1).detach())
 
     def probs(self) -> torch.Tensor:
         """(n_tasks, n_experts) selection probabilities, in full precision even under autocast, so that
@@ -132,15 +135,20 @@ class TaskRankSelector(nn.Module):
 
     def selected(self) -> torch.Tensor:
         """Index of the chosen expert for every task."""
+        if hasattr(self, "frozen_choice"):
+            return self.frozen_choice
         return self.probs().argmax(dim=-1)
 
     def forward(
         self, x: torch.Tensor, task_ids: torch.Tensor | None, token_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict]:
         task_ids = _require(task_ids)
-        p = self.probs()[task_ids]
-        hard = F.one_hot(p.argmax(dim=-1), p.shape[-1]).to(p.dtype)
-        gates = p - p.detach() + hard
+        if hasattr(self, "frozen_choice"):  # no straight-through path: the gate gets no gradient
+            gates = F.one_hot(self.frozen_choice[task_ids], self.gate.out_features).to(x.dtype)
+        else:
+            p = self.probs()[task_ids]
+            hard = F.one_hot(p.argmax(dim=-1), p.shape[-1]).to(p.dtype)
+            gates = p - p.detach() + hard
         return _per_example(gates, x), {"contrastive": self.contrastive_loss(x, task_ids)}
 
     def contrastive_loss(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
