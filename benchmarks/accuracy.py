@@ -67,6 +67,7 @@ ABLATIONS = (
     _glue("more", "more-linear-scaling", "method.linear_scaling=true"),
     _glue("more", "more-no-contrastive", "method.contrastive_weight=0"),
     _glue("more", "more-max-rank-only", "method.ranks=[8]"),
+    _glue("more", "more-frozen-map", "method.learn_selection=false"),
     _glue("more", "more-mixed-batches", "train.batch_mode=mixed"),
     _glue("hilo", "hilo-uniform-experts", "method.experts=5555"),
 )
@@ -108,7 +109,15 @@ TOY = (
         ),
     ),
 )
+PAPER_SELECTOR = ("method.zero_gate_bias=false", "method.task_embedding_std=0.01")
+# MoRE's scaling and selector initialisation on GLUE-CPU (one seed): what the defaults were chosen on
+GLUE_MORE_STUDY = (
+    _glue("more", "more-paper-scaling", "method.linear_scaling=true", *PAPER_SELECTOR),
+    _glue("more", "more-no-ls", *PAPER_SELECTOR),
+    _glue("more", "more-no-ls-spread"),
+)
 SUITES = {
+    "glue-more-study": Suite(GLUE_MORE_STUDY, seeds=(0,), baseline="more-paper-scaling"),
     "toy": Suite(TOY, seeds=(0, 1, 2), baseline="lora"),
     "glue": Suite(GLUE, seeds=(0, 1, 2), baseline="lora"),
     "ablations": Suite(ABLATIONS, seeds=(0,), baseline="more"),
@@ -140,15 +149,19 @@ def provenance() -> dict:
 
 
 def router_details(run_dir: Path) -> dict:
-    """What the render script plots: each task's selected rank per module (task routing) and the share
-    of tokens each expert took per module over the dev set (token routing)."""
-    from rankmix.recipes.run import evaluate_run, open_run
+    """What the render script plots: each task's selected rank per module, at initialisation and after
+    training (task routing), and the share of tokens each expert took per module over the dev set
+    (token routing)."""
+    from rankmix.recipes.run import build_model, evaluate_run, open_run, resolve_tasks
 
     run, _ = open_run(run_dir, [], splits=("dev",))
     details: dict = {"allocation": {n: list(m.bank.ranks) for n, m in run.adapted.adapted_modules()}}
     if run.adapted.method.token_routed:
         evaluate_run(run)  # routes the dev set, so the routers count their load
     details.update(run.adapted.router_stats())
+    if run.adapted.method.task_routed:  # the same seed rebuilds the untrained adapter
+        _, initial, _, _ = build_model(run.config, resolve_tasks(run.config))
+        details["initial_selected_ranks"] = initial.selected_ranks()
     return details
 
 

@@ -34,12 +34,12 @@ def load(suite: str, results_dir: Path) -> dict[str, dict[int, dict]]:
     return {name: records[name] for name in order if name in records}
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], sign: str = "") -> str:
+    """'0.812 ± 0.004' (mean and sample standard deviation); `sign="+"` writes the sign of the mean."""
     if not values:
         return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+    text = format(statistics.mean(values), f"{sign}.3f")
+    return text if len(values) == 1 else f"{text} ± {statistics.stdev(values):.3f}"
 
 
 def headline(record: dict, tasks: tuple[str, ...] | None) -> float:
@@ -55,6 +55,13 @@ def differing_modules(selected: dict[str, dict[str, int]]) -> float:
     return differ / len(modules)
 
 
+def moved(record: dict) -> float:
+    """Share of (task, module) pairs whose selected rank changed during training."""
+    before, after = record["details"]["initial_selected_ranks"], record["details"]["selected_ranks"]
+    pairs = [(t, m) for t in after for m in after[t]]
+    return sum(before[t][m] != after[t][m] for t, m in pairs) / len(pairs)
+
+
 def table(suite: str, records: dict[str, dict[int, dict]]) -> str:
     spec = SUITES[suite]
     tasks = list(next(iter(next(iter(records.values())).values()))["results"]["tasks"])
@@ -68,7 +75,7 @@ def table(suite: str, records: dict[str, dict[int, dict]]) -> str:
         "trainable",
         "active/token",
     ]
-    head += ["tasks differ", "wall (s)"]
+    head += ["tasks differ", "moved", "wall (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, by_seed in records.items():
         runs = list(by_seed.values())
@@ -80,11 +87,13 @@ def table(suite: str, records: dict[str, dict[int, dict]]) -> str:
             for s, r in by_seed.items()
             if s in base
         ]
-        cells.append("-" if name == spec.baseline else mean_std(paired).replace("0.", "+0.", 1))
+        cells.append("-" if name == spec.baseline else mean_std(paired, "+"))
         params = runs[0]["results"]["parameters"]
         cells += [f"{params['trainable']:,}", f"{params['active_per_token']:,}"]
         selected = [r["details"]["selected_ranks"] for r in runs if "selected_ranks" in r["details"]]
         cells.append(mean_std([differing_modules(s) for s in selected]) if selected else "-")
+        tracked = [r for r in runs if "initial_selected_ranks" in r["details"]]
+        cells.append(mean_std([moved(r) for r in tracked]) if tracked else "-")
         cells.append(f"{statistics.mean(r['wall_time_s_total'] for r in runs):.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     commits = sorted({r["provenance"]["git_commit"][:10] for v in records.values() for r in v.values()})
@@ -94,7 +103,8 @@ def table(suite: str, records: dict[str, dict[int, dict]]) -> str:
         "scores are fractions "
         "(metric means per task), mean ± standard deviation over seeds; "
         "paired Δ: per-seed difference of the average; tasks differ: share of adapted modules in which "
-        "two or more tasks select different ranks."
+        "two or more tasks select different ranks; moved: share of (task, module) selections that changed "
+        "during training."
     )
     if spec.headline_tasks:
         lines.append(f"The average counts {', '.join(spec.headline_tasks)} only (see the protocol).")

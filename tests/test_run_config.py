@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -333,3 +335,12 @@ def test_custom_task_paths_are_relative_to_the_recipe(tmp_path, monkeypatch):
     assert cfg.custom_tasks == [str((tmp_path / "recipes" / "tasks" / "mine.yaml").resolve())]
     cfg.save(tmp_path / "run.yaml")
     assert load_run_config(tmp_path / "run.yaml").custom_tasks == cfg.custom_tasks
+
+
+def test_every_shipped_recipe_is_valid():
+    """The recipes in configs/ load and validate (adapter config included) as users run them."""
+    recipes = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        cfg = load_run_config(path)
+        assert cfg.adapter_config().method == cfg.method["method"], path
