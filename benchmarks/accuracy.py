@@ -46,6 +46,7 @@ class Suite:
     seeds: tuple[int, ...]
     baseline: str  # the variant paired differences are taken against
     headline_tasks: tuple[str, ...] | None = None  # None: every task counts in the headline average
+    references: tuple[str, ...] = ()  # "suite/variant" rows of other suites shown beside this one
     notes: dict[str, str] = field(default_factory=dict)
 
 
@@ -109,6 +110,9 @@ TOY = (
         ),
     ),
 )
+# Tasks where LoRA r=8 is healthy within the GLUE-CPU budget (BENCHMARKS.md, protocol): CoLA and MRPC stay
+# in the tables but leave the headline average.
+GLUE_HEADLINE = ("sst2", "stsb", "rte", "qnli", "qqp")
 PAPER_SELECTOR = ("method.zero_gate_bias=false", "method.task_embedding_std=0.01")
 # MoRE's scaling and selector initialisation on GLUE-CPU (one seed): what the defaults were chosen on
 GLUE_MORE_STUDY = (
@@ -117,10 +121,22 @@ GLUE_MORE_STUDY = (
     _glue("more", "more-no-ls-spread"),
 )
 SUITES = {
-    "glue-more-study": Suite(GLUE_MORE_STUDY, seeds=(0,), baseline="more-paper-scaling"),
+    "glue-more-study": Suite(
+        GLUE_MORE_STUDY,
+        seeds=(0,),
+        baseline="more-paper-scaling",
+        headline_tasks=GLUE_HEADLINE,
+        references=("glue/lora",),
+    ),
     "toy": Suite(TOY, seeds=(0, 1, 2), baseline="lora"),
-    "glue": Suite(GLUE, seeds=(0, 1, 2), baseline="lora"),
-    "ablations": Suite(ABLATIONS, seeds=(0,), baseline="more"),
+    "glue": Suite(GLUE, seeds=(0, 1, 2), baseline="lora", headline_tasks=GLUE_HEADLINE),
+    "ablations": Suite(
+        ABLATIONS,
+        seeds=(0,),
+        baseline="glue/more",
+        headline_tasks=GLUE_HEADLINE,
+        references=("glue/more", "glue/lora"),
+    ),
     "commonsense": Suite(COMMONSENSE, seeds=(0,), baseline="lora"),
 }
 

@@ -25,13 +25,19 @@ MARKDOWN = ROOT.parent / "BENCHMARKS.md"
 
 
 def load(suite: str, results_dir: Path) -> dict[str, dict[int, dict]]:
-    """{variant: {seed: record}} in the suite's variant order."""
+    """{variant: {seed: record}} in the suite's variant order, then the suite's references."""
     records: dict[str, dict[int, dict]] = defaultdict(dict)
     for path in sorted((results_dir / suite).glob("*.json")):
         record = json.loads(path.read_text())
         records[record["variant"]][record["seed"]] = record
-    order = [v.name for v in SUITES[suite].variants]
-    return {name: records[name] for name in order if name in records}
+    spec = SUITES[suite]
+    rows = {name: records[name] for name in [v.name for v in spec.variants] if name in records}
+    for reference in spec.references:  # rows of another suite, for comparison
+        other, variant = reference.split("/")
+        found = load(other, results_dir).get(variant) if other != suite else None
+        if found:
+            rows[reference] = found
+    return rows
 
 
 def mean_std(values: list[float], sign: str = "") -> str:
