@@ -120,7 +120,21 @@ GLUE_MORE_STUDY = (
     _glue("more", "more-no-ls", *PAPER_SELECTOR),
     _glue("more", "more-no-ls-spread"),
 )
+# HiLo's expert scaling and balance loss on GLUE-CPU (one seed); top-p is in the GLUE suite
+GLUE_HILO_STUDY = (
+    _glue("hilo", "hilo-rank-scaling"),
+    _glue("hilo", "hilo-constant-scaling", "method.scaling=constant"),
+    _glue("hilo", "hilo-rslora-scaling", "method.scaling=rslora", "method.alpha=5.66"),
+    _glue("hilo", "hilo-no-balance", "method.balance_weight=0"),
+)
 SUITES = {
+    "glue-hilo-study": Suite(
+        GLUE_HILO_STUDY,
+        seeds=(0,),
+        baseline="hilo-rank-scaling",
+        headline_tasks=GLUE_HEADLINE,
+        references=("glue/mola", "glue/lora"),
+    ),
     "glue-more-study": Suite(
         GLUE_MORE_STUDY,
         seeds=(0,),
