@@ -344,3 +344,23 @@ def test_every_shipped_recipe_is_valid():
     for path in recipes:
         cfg = load_run_config(path)
         assert cfg.adapter_config().method == cfg.method["method"], path
+
+
+def test_paper_recipe_keeps_every_more_option_at_the_papers_value():
+    """configs/more-t5-base-glue.yaml reproduces the published MoRE whatever rankmix's defaults become."""
+    cfg = load_run_config(Path(__file__).parents[1] / "configs" / "more-t5-base-glue.yaml").adapter_config()
+    paper = {
+        "max_rank": 8,
+        "alpha": 32.0,
+        "dropout": 0.1,
+        "scaling": "constant",
+        "linear_scaling": True,
+        "task_embedding_std": 0.01,
+        "zero_gate_bias": False,
+        "learn_selection": True,
+        "pooling": "first",
+        "contrastive_weight": 0.1,
+        "temperature": 0.05,
+        "ranks": None,
+    }
+    assert {k: getattr(cfg, k) for k in paper} == paper
