@@ -179,16 +179,13 @@ def provenance() -> dict:
 
 
 def router_details(run_dir: Path) -> dict:
-    """What the render script plots: each task's selected rank per module, at initialisation and after
-    training (task routing), and the share of tokens each expert took per module over the dev set
+    """What the render script plots: the allocation, each task's selected rank per module after training
+    and at initialisation (task routing), and each expert's share of tokens per module over the dev set
     (token routing)."""
-    from rankmix.recipes.run import build_model, evaluate_run, open_run, resolve_tasks
+    from rankmix.recipes.run import build_model, open_run, resolve_tasks, router_report
 
     run, _ = open_run(run_dir, [], splits=("dev",))
-    details: dict = {"allocation": {n: list(m.bank.ranks) for n, m in run.adapted.adapted_modules()}}
-    if run.adapted.method.token_routed:
-        evaluate_run(run)  # routes the dev set, so the routers count their load
-    details.update(run.adapted.router_stats())
+    details = router_report(run)
     if run.adapted.method.task_routed:  # the same seed rebuilds the untrained adapter
         _, initial, _, _ = build_model(run.config, resolve_tasks(run.config))
         details["initial_selected_ranks"] = initial.selected_ranks()

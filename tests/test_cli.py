@@ -362,6 +362,23 @@ def test_eval_reproduces_best_results(runs, family, tmp_path):
     assert ok("eval", run / "adapter") == stdout
 
 
+def test_run_folder_of_an_older_rankmix_still_evaluates(runs, tmp_path):
+    """A run folder written before options were added (its adapter_config.json lacks them, and its
+    run.yaml names only what the user wrote) is evaluated with the adapter it holds: the options it
+    saved, the defaults of its time for the rest."""
+    run = copy_run(runs.get("decoder")[0], tmp_path / "old")
+    config_file = run / "adapter" / "adapter_config.json"
+    meta = json.loads(config_file.read_text())
+    for added in ("task_embedding_std", "zero_gate_bias", "learn_selection"):
+        meta["adapter"].pop(added)
+    config_file.write_text(json.dumps(meta))
+    recipe = yaml.safe_load((run / "adapter" / "run.yaml").read_text())
+    recipe["method"] = {"method": "more", "max_rank": 4, "target_modules": "all-linear"}
+    recipe["method"]["linear_scaling"] = not meta["adapter"]["linear_scaling"]  # a default that moved
+    (run / "adapter" / "run.yaml").write_text(yaml.safe_dump(recipe))
+    assert ok("eval", run) == ok("eval", runs.get("decoder")[0])
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_merge_gives_plain_model_with_same_outputs(runs, model_dirs, family, tmp_path):
     from transformers import AutoTokenizer

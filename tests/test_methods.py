@@ -39,7 +39,7 @@ def test_every_config_is_registered():
     ],
     ids=lambda v: type(v).__name__ if dataclasses.is_dataclass(v) else str(v),
 )
-def test_needs_task_ids(cfg, needs):
+def test_task_routed_methods_need_task_ids(cfg, needs):
     """Task-routed methods need task ids; token-routed and plain LoRA do not."""
     assert method_of(cfg).task_routed is needs
 

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 Profile = int | str | Sequence[int]
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|blocks|block|h)\.(\d+)(?:\.|$)")
+
+
+def layer_index(module_name: str) -> int | None:
+    """The block number in a module name (`layers.12.`, `layer.3.`, `block.5.`, `h.7.`), if any."""
+    match = _LAYER_INDEX.search(module_name)
+    return int(match.group(1)) if match else None
 
 
 def parse_profile(profile: Profile, what: str) -> list[int]:

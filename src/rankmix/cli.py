@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from .model import layer_index
 from .recipes.run_config import load_run_config
 
 
@@ -56,7 +55,13 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    from .recipes.run import allocation_by_layer, build_model, open_run, resolve_tasks
+    from .recipes.run import (
+        allocation_by_layer,
+        build_model,
+        open_run,
+        resolve_tasks,
+        selected_ranks_by_layer,
+    )
 
     path = Path(args.target)
     if path.is_dir():
@@ -75,11 +80,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         print(f"{layer!s:>5} {len(rows):>7} {','.join(map(str, experts)):>8} {','.join(map(str, ranks)):<20}")
     if adapted.method.task_routed:
         print("\nselected rank per task and layer (mean over the layer's modules):")
-        for task, ranks in adapted.selected_ranks().items():
-            per_layer: dict[int | None, list[int]] = {}
-            for name, r in ranks.items():
-                per_layer.setdefault(layer_index(name), []).append(r)
-            print(f"  {task:<16} " + " ".join(f"{sum(v) / len(v):.1f}" for v in per_layer.values()))
+        for task, ranks in selected_ranks_by_layer(adapted).items():
+            print(f"  {task:<16} " + " ".join(f"{r:.1f}" for r in ranks))
 
 
 def cmd_plot(args: argparse.Namespace) -> None:

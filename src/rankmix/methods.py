@@ -1,6 +1,7 @@
 """The method registry: for each config class, the router it builds, the options of its expert banks and
 its traits. Code above this module asks a config's `Method` what to do; nothing else compares method
-names. Adding a method is one config class in config.py and one `register(...)` call here."""
+names. Adding a method is one config class in config.py (listed in `CONFIGS`, which maps the names
+recipes use to classes) and one `register(...)` call here."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from .config import (
     MoLAConfig,
     MoREConfig,
     MultiLoRAConfig,
+    config_class,
 )
 from .layers import Router, SharedRouter, TaskRankSelector, TaskRouter, TokenRouter
 
@@ -29,7 +31,8 @@ class Method:
 
     task_routed: the gates depend on the task id (so every forward needs `task_ids`, the method takes
         the run's task list, and each task has its own LoRA to inspect, merge and export);
-    token_routed: the gates depend on each token (expert load is worth counting and plotting);
+    token_routed: the gates depend on each token; its routers count expert load (`load`, `tokens`,
+        `reset_stats()`, as `TokenRouter` does) for statistics and plots;
     mergeable: one plain LoRA per task (or one for all) reproduces the adapter exactly;
     nested: the experts are prefixes of one max-rank LoRA (MoRE) rather than disjoint blocks.
     """
@@ -55,6 +58,8 @@ METHODS: dict[type[AdapterConfig], Method] = {}
 
 
 def register(method: Method) -> Method:
+    if method.token_routed and method.mergeable:
+        raise ValueError(f"{method.config.__name__}: token-routed experts cannot be merged per task")
     METHODS[method.config] = method
     return method
 
@@ -67,6 +72,11 @@ def method_of(config: AdapterConfig) -> Method:
         raise ValueError(
             f"{type(config).__name__} is not a registered method; register it with rankmix.methods.register"
         ) from None
+
+
+def method_named(name: str) -> Method:
+    """The registered method a recipe names ('more', 'hilo', ...)."""
+    return METHODS[config_class(name)]
 
 
 def _token_router(config: MoLAConfig | HiLoConfig, d_in: int, n_experts: int) -> Router:

@@ -16,19 +16,12 @@ import torch
 from torch import nn
 
 from . import deploy, persistence, stats
+from .allocation import layer_index
 from .config import AdapterConfig, config_from_dict
 from .layers import AdaptedLinear, ExpertBank, RoutingContext
 from .methods import method_of
 
-_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|blocks|block|h)\.(\d+)(?:\.|$)")
-
 TaskIds = torch.Tensor | Sequence[int] | Sequence[str] | None
-
-
-def layer_index(module_name: str) -> int | None:
-    """The block number in a module name (`layers.12.`, `layer.3.`, `block.5.`, `h.7.`), if any."""
-    match = _LAYER_INDEX.search(module_name)
-    return int(match.group(1)) if match else None
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -163,7 +156,7 @@ class RankMixModel(nn.Module):
                     f"(ints 0..{len(config.task_names) - 1} or names from {config.task_names})"
                 )
             return None
-        if not config.task_names:
+        if not self.method.task_routed:
             return None  # task-agnostic methods accept and ignore task ids, so one data pipeline serves all
         device = next(self.base_model.parameters()).device
         if isinstance(task_ids, torch.Tensor):

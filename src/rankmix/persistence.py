@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .config import config_from_dict
 from .files import atomic_write, write_json
 from .version import __version__
 
@@ -48,13 +49,12 @@ def save_adapter(model: RankMixModel, path: str | os.PathLike) -> None:
     )
 
 
-def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The saved config (format checked) and tensors of a rankmix adapter folder, with clear errors."""
+def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The saved `adapter_config.json` of a rankmix adapter folder (format checked), with clear errors."""
     folder = Path(path)
-    config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    for f in (config_file, weights_file):
-        if not f.is_file():
-            raise FileNotFoundError(f"{f} is missing: {folder} is not a rankmix adapter folder")
+    config_file = folder / CONFIG_NAME
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} is missing: {folder} is not a rankmix adapter folder")
     try:
         meta = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -64,6 +64,15 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
         raise ValueError(
             f"{config_file} has format_version {version!r}; this rankmix reads version {FORMAT_VERSION}"
         )
+    return meta
+
+
+def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The saved config (format checked) and tensors of a rankmix adapter folder, with clear errors."""
+    meta = read_adapter_config(path)
+    weights_file = Path(path) / WEIGHTS_NAME
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"{weights_file} is missing: {path} is not a rankmix adapter folder")
     try:
         tensors = load_file(weights_file)
     except (SafetensorError, OSError) as e:
@@ -74,7 +83,10 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
 def load_adapter_weights(model: RankMixModel, path: str | os.PathLike) -> None:
     """Load an adapter saved with `model`'s very configuration into it (no re-injection)."""
     meta, tensors = read_adapter(path)
-    if meta["adapter"] != json.loads(json.dumps(model.adapter_config.to_dict())):
+    saved = config_from_dict(
+        meta["adapter"]
+    ).to_dict()  # options added since it was saved take their defaults
+    if json.loads(json.dumps(saved)) != json.loads(json.dumps(model.adapter_config.to_dict())):
         raise ValueError(f"{path} was saved with another adapter configuration than this model's")
     load_tensors(model, tensors, meta, path)
 

@@ -21,8 +21,8 @@ from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .allocation import layer_index
 from .files import atomic_write
-from .model import layer_index
 
 __all__ = ["plot_allocation", "plot_expert_load", "plot_selected_ranks"]
 

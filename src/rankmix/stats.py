@@ -6,8 +6,23 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .allocation import layer_index
+
 if TYPE_CHECKING:
     from .model import RankMixModel
+
+
+def allocation(model: RankMixModel) -> dict[str, list[int]]:
+    """{module: the ranks of its experts}."""
+    return {name: list(m.bank.ranks) for name, m in model.adapted_modules()}
+
+
+def by_layer(per_module: dict[str, Any]) -> dict[int | None, list[Any]]:
+    """Group per-module values by the layer index in the module names, in layer order."""
+    layers: dict[int | None, list[Any]] = {}
+    for name, value in per_module.items():
+        layers.setdefault(layer_index(name), []).append(value)
+    return dict(sorted(layers.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))
 
 
 def selected_ranks(model: RankMixModel) -> dict[str, dict[str, int]]:

@@ -1,9 +1,4 @@
-"""Tokenize examples for each kind of model (families.py puts them together into training batches).
-
-encoder:  text pair -> tokens; the label goes to a per-task head.
-decoder:  prompt + answer -> one sequence; loss on the answer tokens only.
-seq2seq:  prompt -> encoder, answer -> labels (text-to-text, as in the MoRE paper).
-"""
+"""Tokenize examples for each kind of model; families.py builds training batches and predictions on them."""
 
 from __future__ import annotations
 

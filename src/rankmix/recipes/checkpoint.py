@@ -51,7 +51,11 @@ def load_checkpoint(
     except Exception as e:
         raise ValueError(f"checkpoint {path} is unreadable ({e}); delete it or pass --overwrite") from None
     saved = ckpt["state"].get("config", {})
-    differ = sorted(k for k in set(saved) | set(key) if saved.get(k) != key.get(k))
+    differ = [
+        f"{k}: {saved.get(k)!r} there, {key.get(k)!r} here"
+        for k in sorted(set(saved) | set(key))
+        if saved.get(k) != key.get(k)
+    ]
     params = _trainable(model)
     if not differ and (
         set(ckpt["params"]) != set(params)
@@ -60,8 +64,9 @@ def load_checkpoint(
         differ = ["parameter shapes"]
     if differ:
         raise ValueError(
-            f"{path} belongs to a run with another configuration (it differs in {differ}); "
-            "pass --overwrite to start afresh, or choose another output_dir"
+            f"{path} belongs to a run with another configuration (the checkpoint's value, then this "
+            f"recipe's: {'; '.join(differ)}); pass --set to match the checkpoint, --overwrite to start "
+            "afresh, or choose another output_dir"
         )
     with torch.no_grad():
         for n, p in params.items():

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from ..families import FAMILIES, ModelFamily, family_of
+from ..families import ModelFamily, family_of
 from ..pretrained import SMOLLM2_GGUF, load_smollm2, minilm_path, smollm2_dir
 
 
@@ -18,7 +18,7 @@ def load_model(name: str) -> tuple[nn.Module, Any, ModelFamily]:
     if name == "smollm2":
         model = load_smollm2()
         tokenizer = AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
-        family = FAMILIES["decoder"]
+        family = family_of(model.config)
     else:
         path = str(minilm_path()) if name == "minilm" else name
         if name != "minilm" and not Path(name).exists() and "/" not in name:

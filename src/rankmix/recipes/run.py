@@ -2,7 +2,7 @@
 
 A run folder holds `run.yaml` (the resolved recipe), `adapter/` (the best adapter, with `run.yaml` and,
 for encoders, the task heads), `checkpoint.pt`, `results.json`, `metrics.jsonl`, `tb/` and `plots/`.
-Everything here is written atomically (files.py)."""
+The adapter folder, results and heads are written atomically (files.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ from torch import nn
 
 from ..families import ModelFamily
 from ..files import atomic_folder, write_json
-from ..model import RankMixModel, get_model, layer_index
-from ..persistence import save_tensors
-from ..plots import plot_allocation, plot_expert_load, plot_selected_ranks
-from ..stats import mean_selected_ranks
+from ..model import RankMixModel, get_model
+from ..persistence import read_adapter_config, save_tensors
+from ..stats import allocation, by_layer, mean_selected_ranks
 from ..tasks import get_task, load_custom_task
 from ..tasks.base import Example, Task
 from .evaluate import evaluate
@@ -139,7 +138,9 @@ def open_run(folder: str | Path, overrides: list[str], splits: tuple[str, ...] =
         raise FileNotFoundError(
             f"{path} holds no {RUN_CONFIG}: pass a run folder or its {ADAPTER_DIR}/ folder"
         )
-    run = prepare(load_run_config(path / RUN_CONFIG, overrides), splits)
+    cfg = load_run_config(path / RUN_CONFIG, overrides)
+    cfg.method = read_adapter_config(path)["adapter"]  # complete, unlike a recipe that relied on defaults
+    run = prepare(cfg, splits)
     load_adapter(run, path)
     return run, path
 
@@ -148,8 +149,10 @@ def check_task(run: Run, task: str | None, with_head: bool = False) -> None:
     """`task` must be one of the run's tasks, and is required where each task merges differently (or,
     `with_head`, has a head of its own)."""
     names = [t.name for t in run.tasks]
-    if task is None and (run.adapted.method.task_routed or (with_head and run.heads is not None)):
+    if task is None and run.adapted.method.task_routed:
         raise ValueError(f"pass --task (one of {names}): each task merges and exports differently")
+    if task is None and with_head and run.heads is not None:
+        raise ValueError(f"pass --task: every task has its own head ({names})")
     if task is not None and task not in names:
         raise ValueError(f"unknown task {task!r}; this adapter was trained on {names}")
 
@@ -221,23 +224,36 @@ def write_results(out: Path, data: dict) -> None:
     write_json(out / RESULTS, data)
 
 
-def plot_run(run: Run, out: Path) -> list[Path]:
-    """PNGs of the run's adapter: allocation; selected ranks (task routing); expert load over the dev
-    set (token routing)."""
+def router_report(run: Run) -> dict[str, Any]:
+    """The adapter's allocation and router statistics: selected ranks (task routing), and the expert load
+    over the dev set (token routing: the routers count it while the dev set runs through them)."""
     adapted = run.adapted
-    allocation = {name: list(m.bank.ranks) for name, m in adapted.adapted_modules()}
-    written = [plot_allocation(allocation, out / "allocation.png")]
-    if adapted.method.task_routed:
-        written.append(plot_selected_ranks(adapted.selected_ranks(), out / "selected_ranks.png"))
     if adapted.method.token_routed:
-        evaluate_run(run, mode="score")  # routes the dev set through the routers, which count the load
-        written.append(plot_expert_load(adapted.router_stats()["expert_load"], out / "expert_load.png"))
+        evaluate_run(run, mode="score")
+    return {"allocation": allocation(adapted), **adapted.router_stats()}
+
+
+def plot_run(run: Run, out: Path) -> list[Path]:
+    """PNGs of the run's adapter: allocation; selected ranks (task routing); expert load (token routing)."""
+    from ..plots import plot_allocation, plot_expert_load, plot_selected_ranks  # matplotlib: only here
+
+    report = router_report(run)
+    written = [plot_allocation(report["allocation"], out / "allocation.png")]
+    if "selected_ranks" in report:
+        written.append(plot_selected_ranks(report["selected_ranks"], out / "selected_ranks.png"))
+    if "expert_load" in report:
+        written.append(plot_expert_load(report["expert_load"], out / "expert_load.png"))
     return written
 
 
 def allocation_by_layer(adapted: RankMixModel) -> dict[int | None, list[list[int]]]:
     """{layer: [expert ranks of each adapted module in it]}."""
-    layers: dict[int | None, list[list[int]]] = {}
-    for name, m in adapted.adapted_modules():
-        layers.setdefault(layer_index(name), []).append(list(m.bank.ranks))
-    return layers
+    return by_layer(allocation(adapted))
+
+
+def selected_ranks_by_layer(adapted: RankMixModel) -> dict[str, list[float]]:
+    """{task: mean selected rank over each layer's modules, layer by layer}."""
+    return {
+        task: [sum(v) / len(v) for v in by_layer(ranks).values()]
+        for task, ranks in adapted.selected_ranks().items()
+    }

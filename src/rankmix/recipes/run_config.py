@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import AdapterConfig, check_keys, config_class, config_from_dict
+from ..config import AdapterConfig, check_keys, config_from_dict
 from ..files import read_yaml, write_yaml
-from ..methods import METHODS
+from ..methods import method_named
 
 SAMPLINGS = ("size_softmax", "temperature", "proportional", "uniform")
 BATCH_MODES = ("single", "mixed")
@@ -124,7 +124,7 @@ class RunConfig:
     def adapter_config(self) -> AdapterConfig:
         """The adapter config; task-routed methods get the run's task list unless it names its own."""
         data = dict(self.method)
-        if METHODS[config_class(data.get("method"))].task_routed:
+        if method_named(data.get("method")).task_routed:
             data.setdefault("tasks", list(self.tasks))
             if list(data["tasks"]) != list(self.tasks):
                 raise ValueError(
