@@ -119,6 +119,9 @@ GLUE_MORE_STUDY = (
     _glue("more", "more-paper-scaling", "method.linear_scaling=true", *PAPER_SELECTOR),
     _glue("more", "more-no-ls", *PAPER_SELECTOR),
     _glue("more", "more-no-ls-spread"),
+    _glue("more", "more-no-ls-a16", "method.alpha=16", *PAPER_SELECTOR),
+    _glue("more", "more-no-ls-a16-spread", "method.alpha=16"),
+    _glue("more", "more-paper-scaling-spread", "method.linear_scaling=true"),
 )
 # HiLo's expert scaling and balance loss on GLUE-CPU (one seed); top-p is in the GLUE suite
 GLUE_HILO_STUDY = (
