@@ -41,7 +41,7 @@ def make_bank(seed, n_experts, d_in, d_out, *, nested=False, linear_scaling=Fals
 
 def expert_slices(bank, ranks, scales, linear_scaling=False):
     """Per expert (A_e, B_e, s_e) cut by hand from the raw lora_A / lora_B, linear scaling applied to
-    each component j (1-based) of A and of B as c_j = j / S."""
+    each component j (1-based) of A and of B as c_j = (j / S)^p, p = linear_scaling (True: 1)."""
     size = bank.lora_A.shape[0]
     out, offset = [], 0
     for r, s in zip(ranks, scales, strict=True):
@@ -49,7 +49,7 @@ def expert_slices(bank, ranks, scales, linear_scaling=False):
         a = bank.lora_A[lo : lo + r]
         b = bank.lora_B[:, lo : lo + r]
         if linear_scaling:
-            c = torch.arange(lo + 1, lo + r + 1, dtype=a.dtype) / size
+            c = (torch.arange(lo + 1, lo + r + 1, dtype=a.dtype) / size) ** float(linear_scaling)
             a = a * c[:, None]
             b = b * c[None, :]
         out.append((a, b, s))
@@ -159,7 +159,7 @@ def test_fresh_bank_adds_nothing():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-@pytest.mark.parametrize("linear_scaling", [False, True])
+@pytest.mark.parametrize("linear_scaling", [False, True, 0.5])
 def test_nested_experts_are_prefixes(seed, linear_scaling):
     """Nested (MoRE) expert e is the rank-r_e prefix A[:r_e], B[:, :r_e]: factors() under a one-hot
     gate returns exactly that prefix, scale s_e (and (j/R)^2 under linear scaling) folded into B."""
@@ -171,21 +171,24 @@ def test_nested_experts_are_prefixes(seed, linear_scaling):
         torch.testing.assert_close(a, bank.lora_A[:r], rtol=0, atol=0)
         weight = torch.full((r,), s, dtype=torch.float64)
         if linear_scaling:
-            weight = weight * (torch.arange(1, r + 1, dtype=torch.float64) / big) ** 2
+            weight = weight * (torch.arange(1, r + 1, dtype=torch.float64) / big) ** (
+                2 * float(linear_scaling)
+            )
         torch.testing.assert_close(b, bank.lora_B[:, :r] * weight, **TOL)
 
 
+@pytest.mark.parametrize("power", [True, 0.5])
 @pytest.mark.parametrize("kind", ["dense", "topk", "per_example", "signed"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_linear_scaling_matches_formula(kind, seed):
+def test_linear_scaling_matches_formula(kind, seed, power):
     """MoRE linear scaling: component j of A and of B times j/R, so the fused bank equals the loop that
     scales each raw component, in output and gradients; without it the output is different."""
-    bank, ranks, scales = make_bank(seed, 5, 8, 6, nested=True, linear_scaling=True, max_rank=8)
+    bank, ranks, scales = make_bank(seed, 5, 8, 6, nested=True, linear_scaling=power, max_rank=8)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(3, 4, 8, generator=g, dtype=torch.float64, requires_grad=True)
     gates = random_gates(kind, g, 3, 4, 5).requires_grad_()
     out = bank(x, gates)
-    ref = reference_forward(bank, ranks, scales, x, gates, linear_scaling=True)
+    ref = reference_forward(bank, ranks, scales, x, gates, linear_scaling=power)
     torch.testing.assert_close(out, ref, **LS_TOL)
     inputs = (bank.lora_A, bank.lora_B, x, gates)
     upstream = torch.randn(out.shape, generator=g, dtype=torch.float64)

@@ -78,16 +78,21 @@ def test_router_meets_the_protocol_and_traits(cfg):
 
 
 def test_bank_options():
-    """Only MoRE nests its experts; its linear scaling follows the config."""
-    assert method_of(MoREConfig(tasks=TASKS)).bank_options(MoREConfig(tasks=TASKS))["nested"] is True
+    """Only MoRE nests its experts; its linear scaling power follows the config (0: none)."""
+
+    def options(cfg):
+        return method_of(cfg).bank_options(cfg)
+
+    assert options(MoREConfig(tasks=TASKS))["nested"] is True
+    assert options(MoREConfig(tasks=TASKS))["linear_scaling"] == 1.0
+    assert options(MoREConfig(tasks=TASKS, linear_scaling_power=0.5))["linear_scaling"] == 0.5
     assert (
-        method_of(MoREConfig(tasks=TASKS, linear_scaling=False)).bank_options(
-            MoREConfig(tasks=TASKS, linear_scaling=False)
-        )["linear_scaling"]
-        is False
+        options(MoREConfig(tasks=TASKS, linear_scaling=False, linear_scaling_power=0.5))["linear_scaling"]
+        == 0
     )
-    assert not method_of(LoRAConfig()).bank_options(LoRAConfig(dropout=0.2))["nested"]
-    assert method_of(LoRAConfig()).bank_options(LoRAConfig(dropout=0.2))["dropout"] == 0.2
+    assert not options(LoRAConfig(dropout=0.2))["nested"]
+    assert options(LoRAConfig(dropout=0.2))["dropout"] == 0.2
+    assert options(HiLoConfig())["linear_scaling"] == 0
 
 
 def test_unregistered_config_is_refused():

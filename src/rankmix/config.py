@@ -271,6 +271,12 @@ class MoREConfig(AdapterConfig):
         default=None, metadata={"help": "subset of 1..max_rank offered as experts (default: all)"}
     )
     linear_scaling: bool = field(default=True, metadata={"help": "multiply component j of A and B by j/R"})
+    linear_scaling_power: float = field(
+        default=1.0,
+        metadata={
+            "help": "with linear_scaling, multiply component j by (j/R)^power: 1 is the paper's, 0.5 gentler"
+        },
+    )
     contrastive_weight: float = 0.1
     temperature: float = 0.05
     pooling: str = field(
@@ -315,6 +321,8 @@ class MoREConfig(AdapterConfig):
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if not self.linear_scaling_power > 0:
+            raise ValueError(f"linear_scaling_power must be positive, got {self.linear_scaling_power}")
         if not self.task_embedding_std > 0:
             raise ValueError(f"task_embedding_std must be positive, got {self.task_embedding_std}")
 

@@ -43,7 +43,7 @@ class Method:
     token_routed: bool = False
     mergeable: bool = True
     nested: bool = False
-    linear_scaling: Callable[[Any], bool] = lambda config: False
+    linear_scaling: Callable[[Any], float] = lambda config: 0.0  # the power p of MoRE's (j/R)^p; 0: none
 
     def bank_options(self, config: AdapterConfig) -> dict[str, Any]:
         """Keyword options of `ExpertBank` for this method."""
@@ -109,6 +109,6 @@ register(
         ),
         task_routed=True,
         nested=True,
-        linear_scaling=lambda config: config.linear_scaling,
+        linear_scaling=lambda config: config.linear_scaling_power if config.linear_scaling else 0.0,
     )
 )

@@ -25,7 +25,7 @@ class ExpertBank(nn.Module):
         scales: Sequence[float],
         *,
         nested: bool = False,
-        linear_scaling: bool = False,
+        linear_scaling: float = 0.0,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -44,7 +44,8 @@ class ExpertBank(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
         component = torch.arange(1, size + 1, dtype=torch.float32)
-        coeff = (component / size) ** 2 if linear_scaling else torch.ones(size)
+        # MoRE's linear scaling: A's and B's component j times (j/R)^p, p = linear_scaling (0: none)
+        coeff = (component / size) ** (2 * float(linear_scaling))
         mix = torch.zeros(len(ranks), size)
         start = 0
         for e, (r, s) in enumerate(zip(ranks, scales, strict=True)):
