@@ -122,6 +122,13 @@ GLUE_MORE_STUDY = (
     _glue("more", "more-no-ls-a16", "method.alpha=16", *PAPER_SELECTOR),
     _glue("more", "more-no-ls-a16-spread", "method.alpha=16"),
     _glue("more", "more-paper-scaling-spread", "method.linear_scaling=true"),
+    _glue(
+        "more",
+        "more-ls-half",
+        "method.linear_scaling=true",
+        "method.linear_scaling_power=0.5",
+        *PAPER_SELECTOR,
+    ),
 )
 # HiLo's expert scaling and balance loss on GLUE-CPU (one seed); top-p is in the GLUE suite
 GLUE_HILO_STUDY = (
