@@ -92,6 +92,9 @@ TOY = (
     Variant("more-paper", QUICKSTART, ("train.steps=80",)),
     Variant("more-no-ls", QUICKSTART, ("train.steps=80", "method.linear_scaling=false")),
     Variant(
+        "more-no-ls-a16", QUICKSTART, ("train.steps=80", "method.linear_scaling=false", "method.alpha=16")
+    ),
+    Variant(
         "more-no-ls-spread",
         QUICKSTART,
         (
