@@ -223,30 +223,22 @@ class RankMixModel(nn.Module):
         return stats.router_stats(self, reset)
 
     # -- files (persistence.py) -------------------------------------------------------------------
-    def adapter_parameters(self) -> dict[str, nn.Parameter]:
-        """Every adapter parameter (banks and routers) under its PEFT-style file key."""
-        params = {}
-        for name, m in self.adapted_modules():
-            for part in ("bank", "router"):
-                for pname, p in getattr(m, part).named_parameters():
-                    params[f"base_model.model.{name}.{part}.{pname}"] = p
-        return params
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """Every saved adapter tensor (bank and router parameters, persistent buffers) by PEFT-style key."""
+        return {
+            f"base_model.model.{name}.{part}.{key}": value
+            for name, m in self.adapted_modules()
+            for part in ("bank", "router")
+            for key, value in getattr(m, part).state_dict(keep_vars=True).items()
+        }
 
-    def adapter_buffers(self) -> dict[str, torch.Tensor]:
-        """Adapter state that is not trained but saved (e.g. a frozen task-to-rank map), by file key."""
-        buffers = {}
-        for name, m in self.adapted_modules():
-            for part in ("bank", "router"):
-                module = getattr(m, part)
-                params = dict(module.named_parameters())
-                for key, value in module.state_dict(keep_vars=True).items():
-                    if key not in params:
-                        buffers[f"base_model.model.{name}.{part}.{key}"] = value
-        return buffers
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        """Every adapter parameter (banks and routers) under its file key."""
+        return {k: v for k, v in self.adapter_tensors().items() if isinstance(v, nn.Parameter)}
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """Every saved adapter tensor: parameters and persistent buffers."""
-        return {k: p.detach() for k, p in {**self.adapter_parameters(), **self.adapter_buffers()}.items()}
+        return {k: v.detach() for k, v in self.adapter_tensors().items()}
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """adapter_config.json (versioned) and adapter_model.safetensors, each written atomically."""

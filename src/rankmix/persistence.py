@@ -98,7 +98,7 @@ def load_tensors(
     """Copy `tensors` into `model`'s adapter parameters; nothing is copied unless all keys and shapes fit."""
     source = Path(path) / WEIGHTS_NAME
     base_name = meta.get("base_model_name_or_path")
-    expected = {**model.adapter_parameters(), **model.adapter_buffers()}
+    expected = model.adapter_tensors()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
