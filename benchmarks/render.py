@@ -18,8 +18,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from accuracy import ROOT, SUITES
-from rankmix.files import atomic_write, write_text
-from rankmix.plots import plot_expert_load, plot_selected_ranks
+from rankmix.files import write_text
+from rankmix.plots import plot_expert_load, plot_selected_ranks, save_png
 
 MARKDOWN = ROOT.parent / "BENCHMARKS.md"
 
@@ -133,11 +133,7 @@ def plot_tasks(suite: str, records: dict[str, dict[int, dict]], path: Path) -> P
     ax.set_title(f"{suite}: score per task (mean and sd over seeds)")
     ax.legend(fontsize=7, ncols=4)
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-
-    return atomic_write(path, write)
+    return save_png(fig, path)
 
 
 def plots(suite: str, records: dict[str, dict[int, dict]], folder: Path) -> list[Path]:

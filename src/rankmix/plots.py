@@ -122,7 +122,7 @@ def _grid_size(n_rows: int, n_cols: int) -> tuple[float, float]:
     return width, height
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+def save_png(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Write `fig` as a PNG at `path`, atomically."""
 
     def write(tmp: str) -> None:
@@ -164,7 +164,7 @@ def plot_selected_ranks(selected: dict[str, dict[str, int]], path: str | os.Path
     ax.set_xlabel("module (layer.name)")
     ax.set_ylabel("task")
     ax.set_title("Selected rank per task and module")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_expert_load(expert_load: dict[str, dict], path: str | os.PathLike[str]) -> Path:
@@ -208,7 +208,7 @@ def plot_expert_load(expert_load: dict[str, dict], path: str | os.PathLike[str])
     ax.set_xlabel("expert")
     ax.set_ylabel("module (experts per token)")
     ax.set_title("Expert load per module")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_allocation(allocation: dict[str, list[int]], path: str | os.PathLike[str]) -> Path:
@@ -255,4 +255,4 @@ def plot_allocation(allocation: dict[str, list[int]], path: str | os.PathLike[st
             f"{len(unplaced)} module(s) without a layer index not shown, e.g. {unplaced[0]}",
             fontsize=7,
         )
-    return _save(fig, path)
+    return save_png(fig, path)
