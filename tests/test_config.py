@@ -217,14 +217,15 @@ def test_scales_constant_uses_largest_rank():
 
 
 def test_more_default_scale_is_alpha_over_max_rank():
-    """MoRE defaults to constant scaling: alpha / R for every nested expert (paper: 32/8 = 4)."""
+    """MoRE defaults to constant scaling: alpha / R for every nested expert (16/8 = 2, LoRA r=8's scale;
+    paper: 32/8 = 4)."""
     cfg = MoREConfig(tasks=TASKS)
     assert cfg.scaling == "constant"
-    assert (cfg.alpha, cfg.max_rank) == (32.0, 8)
+    assert (cfg.alpha, cfg.max_rank) == (16.0, 8)
     ranks = cfg.expert_ranks(None, 0)
-    assert cfg.expert_scales(ranks) == pytest.approx([4.0] * 8)
-    sub = MoREConfig(tasks=TASKS, alpha=16.0, max_rank=8, ranks=[2, 4, 8])
-    assert sub.expert_scales(sub.expert_ranks(None, 0)) == pytest.approx([2.0] * 3)
+    assert cfg.expert_scales(ranks) == pytest.approx([2.0] * 8)
+    sub = MoREConfig(tasks=TASKS, alpha=32.0, max_rank=8, ranks=[2, 4, 8])
+    assert sub.expert_scales(sub.expert_ranks(None, 0)) == pytest.approx([4.0] * 3)
 
 
 def test_more_rank_scaling_option():

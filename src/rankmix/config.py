@@ -264,13 +264,18 @@ class MoREConfig(AdapterConfig):
     method: ClassVar[str] = "more"
     tasks: list[str] = field(default_factory=list)
     max_rank: int = 8
-    alpha: float = 32.0
+    alpha: float = field(
+        default=16.0, metadata={"help": "scale alpha/max_rank; 16 matches LoRA r=8 alpha 16 (paper: 32)"}
+    )
     dropout: float = 0.1
     scaling: str = "constant"
     ranks: list[int] | None = field(
         default=None, metadata={"help": "subset of 1..max_rank offered as experts (default: all)"}
     )
-    linear_scaling: bool = field(default=True, metadata={"help": "multiply component j of A and B by j/R"})
+    linear_scaling: bool = field(
+        default=False,
+        metadata={"help": "multiply component j of A and B by j/R (paper: true; BENCHMARKS.md: MoRE study)"},
+    )
     linear_scaling_power: float = field(
         default=1.0,
         metadata={
