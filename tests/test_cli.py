@@ -13,6 +13,7 @@ import io
 import itertools
 import json
 import math
+import pickle
 import re
 import shutil
 import subprocess
@@ -615,7 +616,7 @@ def test_interrupted_run_resumes_to_the_same_adapter(runs, monkeypatch):
     partial = json.loads((run_b / "results.json").read_text())
     assert partial["steps"] == 4 and [h["step"] for h in partial["history"]] == [4]
     assert (run_b / "checkpoint.pt").is_file()
-    assert torch.load(run_b / "checkpoint.pt", weights_only=False)["state"]["step"] == 4
+    assert torch.load(run_b / "checkpoint.pt", weights_only=True)["state"]["step"] == 4
     assert (run_b / "adapter" / "adapter_model.safetensors").is_file()
 
     stdout = ok("train", recipe, "--no-progress")  # resumes from step 4
@@ -626,8 +627,8 @@ def test_interrupted_run_resumes_to_the_same_adapter(runs, monkeypatch):
         r.pop("wall_time_s")
     assert results_b == results_a
 
-    ckpt_a = torch.load(run_a / "checkpoint.pt", weights_only=False)
-    ckpt_b = torch.load(run_b / "checkpoint.pt", weights_only=False)
+    ckpt_a = torch.load(run_a / "checkpoint.pt", weights_only=True)
+    ckpt_b = torch.load(run_b / "checkpoint.pt", weights_only=True)
     assert ckpt_b["state"]["step"] == 8
     assert set(ckpt_a["params"]) == set(ckpt_b["params"])
     for name, value in ckpt_a["params"].items():
@@ -662,6 +663,29 @@ def test_resume_with_another_configuration_is_refused(runs, capsys, tmp_path, ch
     assert "checkpoint" in err and "--overwrite" in err
     for name, data in before.items():
         assert (run / name).read_bytes() == data, f"{name} changed by a refused resume"
+
+
+class _Planted:
+    """Pickles to a call that creates `marker` when unpickled by a loader that runs code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_planted_pickle_checkpoint_is_refused_without_running(runs, capsys, tmp_path):
+    """checkpoint.pt is read with weights_only: a pickle that would run code is refused with an error
+    naming the file and the fix, and its code never runs."""
+    run = copy_run(runs.get("decoder")[0], tmp_path / "run")
+    marker = tmp_path / "pwned"
+    with open(run / "checkpoint.pt", "wb") as f:
+        pickle.dump({"state": _Planted(marker)}, f)
+    recipe = runs.root / "decoder-more.yaml"  # the recipe of runs.get("decoder")
+    err = fails(capsys, "train", recipe, "--no-progress", "--set", f"output_dir={run}")
+    assert "checkpoint.pt is unreadable" in err and "--overwrite" in err
+    assert not marker.exists()
 
 
 def test_train_again_resumes_finished_run_and_overwrite_restarts(runs, tmp_path):

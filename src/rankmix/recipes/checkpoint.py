@@ -47,9 +47,13 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore a run's training state; a checkpoint of another configuration is refused, untouched."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain containers only, so a planted pickle cannot run code here
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"checkpoint {path} is unreadable ({e}); delete it or pass --overwrite") from None
+        reason = str(e).splitlines()[0]
+        raise ValueError(
+            f"checkpoint {path} is unreadable ({reason}); delete it or pass --overwrite"
+        ) from None
     saved = ckpt["state"].get("config", {})
     differ = [
         f"{k}: {saved.get(k)!r} there, {key.get(k)!r} here"
