@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from helpers import build_base, word_tokenizer
 from rankmix import RankMixModel
@@ -663,6 +663,23 @@ def test_resume_with_another_configuration_is_refused(runs, capsys, tmp_path, ch
     assert "checkpoint" in err and "--overwrite" in err
     for name, data in before.items():
         assert (run / name).read_bytes() == data, f"{name} changed by a refused resume"
+
+
+@pytest.mark.parametrize("command", ["merge", "export-lora"])
+def test_diverged_adapter_is_not_deployed(runs, capsys, tmp_path, command):
+    """merge and export-lora refuse an adapter with a NaN weight (a diverged run) and write nothing."""
+    run = copy_run(runs.get("decoder")[0], tmp_path / "run")
+    weights = run / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = (
+        tensors[name].clone().view(-1).index_fill(0, torch.tensor([0]), float("nan")).view_as(tensors[name])
+    )
+    save_file(tensors, weights)
+    out = tmp_path / "out"
+    err = fails(capsys, command, run, "--task", "rte", "--out", out)
+    assert "non-finite" in err and "diverged" in err
+    assert not out.exists()
 
 
 class _Planted:

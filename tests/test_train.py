@@ -3,6 +3,8 @@ batch from wrecking a run."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 from pathlib import Path
 
 import pytest
@@ -100,30 +102,44 @@ def _bert_on_glue(tmp_path, glue_data, name: str, **train):
     return load_run_config(path)
 
 
-def _trained_weights(cfg, spike_at: int | None) -> dict[str, torch.Tensor]:
-    """Train `cfg`; with `spike_at`, that training batch's regression targets are 1000x too large (a
-    loss spike). Returns every trained tensor of the kept (final) adapter and heads."""
+@contextlib.contextmanager
+def _poisoned(at: int | None, change, task: str | None = None):
+    """Apply `change` to the labels of the training batch number `at` (counting only `task`'s batches
+    when given); yields the step numbers of the poisoned batches."""
     from rankmix.families import EncoderFamily
 
     original = EncoderFamily.collate
-    calls = {"n": 0}
+    calls, hit = {"n": 0, "step": 0}, []
 
     def collate(self, tokenizer, tasks, batch, max_length):
         out = original(self, tokenizer, tasks, batch, max_length)
-        calls["n"] += 1
-        if calls["n"] == spike_at:
-            out["labels"] = out["labels"] * 1000.0
+        calls["step"] += 1
+        if task is None or all(tasks[t].name == task for t, _ in batch):
+            calls["n"] += 1
+            if calls["n"] == at:
+                out["labels"] = change(out["labels"])
+                hit.append(calls["step"])
         return out
 
     EncoderFamily.collate = collate
     try:
-        train(cfg, progress=False)
+        yield hit
     finally:
         EncoderFamily.collate = original
-    folder = Path(cfg.output_dir) / "adapter"
+
+
+def _saved(folder: Path) -> dict[str, torch.Tensor]:
     tensors = load_file(folder / "adapter_model.safetensors")
     tensors.update({f"head.{k}": v for k, v in load_file(folder / "heads.safetensors").items()})
     return tensors
+
+
+def _trained_weights(cfg, spike_at: int | None) -> dict[str, torch.Tensor]:
+    """Train `cfg`; with `spike_at`, that training batch's regression targets are 1000x too large (a
+    loss spike). Returns every trained tensor of the kept (final) adapter and heads."""
+    with _poisoned(spike_at, lambda labels: labels * 1000.0):
+        train(cfg, progress=False)
+    return _saved(Path(cfg.output_dir) / "adapter")
 
 
 def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -144,6 +160,32 @@ def test_clipping_keeps_a_loss_spike_from_wrecking_training(tmp_path, glue_data)
     )
     assert all(torch.isfinite(v).all() for v in clipped.values())
     assert _distance(clipped, clean) < 0.5 * _distance(unclipped, clean_unclipped)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path, glue_data, capsys):
+    """An STS-B batch with NaN targets: `rankmix train` exits 1 with one line naming the step and the task;
+    the checkpoint, adapter and results of the last evaluation stay as they were, all finite."""
+    from rankmix.cli import main
+
+    cfg = _bert_on_glue(tmp_path, glue_data, "nan", eval_every=4)
+    recipe = tmp_path / "nan.yaml"
+    nan = lambda labels: labels * float("nan")  # noqa: E731
+    with _poisoned(3, nan, task="stsb") as hit, pytest.raises(SystemExit) as exit_info:
+        main(["train", str(recipe), "--no-progress"])
+    assert exit_info.value.code == 1
+    (step,) = hit
+    last_eval = (step - 1) // 4 * 4
+    assert last_eval >= 4, "the poisoned batch came before the first evaluation; move it later"
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.splitlines()[-1].startswith("rankmix train: error: ")
+    assert f"diverged at step {step} (task stsb)" in err and "lower train.lr" in err
+    out = Path(cfg.output_dir)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["state"]["step"] == last_eval
+    assert all(v.isfinite().all() for v in ckpt["params"].values())
+    assert all(v.isfinite().all() for v in _saved(out / "adapter").values())
+    results = json.loads((out / "results.json").read_text())
+    assert [h["step"] for h in results["history"]][-1] == last_eval
 
 
 def test_max_grad_norm_must_be_positive_or_null(tmp_path):

@@ -150,6 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
         print(f"rankmix {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except RuntimeError as e:
+        from .recipes.train import TrainingDiverged  # already imported where it can be raised
+
+        if not isinstance(e, TrainingDiverged):
+            raise
+        print(f"rankmix {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -157,9 +157,25 @@ def check_task(run: Run, task: str | None, with_head: bool = False) -> None:
         raise ValueError(f"unknown task {task!r}; this adapter was trained on {names}")
 
 
+def check_finite(run: Run) -> None:
+    """Refuse to deploy a diverged adapter: NaN or infinite weights would be folded into the model."""
+    tensors = dict(run.adapted.adapter_tensors())
+    if run.heads is not None:
+        tensors |= {f"heads.{k}": v for k, v in run.heads.state_dict().items()}
+    bad = [
+        name for name, value in tensors.items() if value.is_floating_point() and not value.isfinite().all()
+    ]
+    if bad:
+        raise ValueError(
+            f"the adapter holds non-finite (NaN or infinite) weights in {len(bad)} tensor(s), e.g. {bad[0]}: "
+            "its training diverged; train it again (e.g. with a lower train.lr) before merging or exporting"
+        )
+
+
 def merge_task(run: Run, task: str | None, out: Path) -> Path:
     """A plain model for `task` (adapter folded in) with its tokenizer, and the task's head if any."""
     check_task(run, task, with_head=True)
+    check_finite(run)
     heads = run.heads
     plain = run.adapted.merge_and_unload(task=task)
     plain.save_pretrained(out)
@@ -173,6 +189,7 @@ def merge_task(run: Run, task: str | None, out: Path) -> Path:
 def export_task(run: Run, task: str | None, out: Path) -> Path:
     """`task`'s adapter as a stock PEFT LoRA."""
     check_task(run, task)
+    check_finite(run)
     return run.adapted.export_lora(task=task, path=out)
 
 

@@ -32,6 +32,10 @@ from .run import (
 from .run_config import RunConfig
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; nothing of that step was applied or saved."""
+
+
 def param_groups(run: Run) -> list[dict]:
     """Adapter parameters at train.lr; routers (gates, task embeddings) at train.router_lr if set; task
     heads, where the family has them, at train.head_lr (fresh heads learn faster)."""
@@ -121,8 +125,10 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
     bar = tqdm(total=t.steps, initial=state["step"], disable=not progress or not main, desc="train")
     try:
         while state["step"] < t.steps:
+            step_tasks, step_loss = set(), torch.zeros((), device=accelerator.device)
             for micro in range(t.grad_accum):
                 pairs = sampler.next_batch()
+                step_tasks.update(run.tasks[task].name for task, _ in pairs)
                 examples = [(task, run.train_sets[task][i]) for task, i in pairs]
                 batch = run.family.collate(run.tokenizer, run.tasks, examples, t.max_length)
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
@@ -130,10 +136,18 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
                 with sync:
                     outputs = model(**batch)
                     accelerator.backward(outputs.loss / t.grad_accum)
-            if (
-                t.max_grad_norm is not None
-            ):  # one bad batch (e.g. an unscaled regression target) must not wreck the run
-                accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                step_loss += outputs.loss.detach()
+            if accelerator.num_processes > 1:  # every process stops together
+                step_loss = accelerator.reduce(step_loss, reduction="sum")
+            if not torch.isfinite(step_loss):
+                raise TrainingDiverged(
+                    f"training diverged at step {state['step'] + 1} (task {', '.join(sorted(step_tasks))}): "
+                    "the loss is NaN or infinite; nothing of that step was applied, and "
+                    f"{out} keeps what the last evaluation saved (checkpoint, best adapter); train again "
+                    "with a lower train.lr (or train.max_grad_norm) in another output_dir"
+                )
+            if t.max_grad_norm is not None:  # one bad batch (e.g. an unscaled regression target) must not
+                accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)  # wreck the run
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
