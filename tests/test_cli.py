@@ -761,6 +761,36 @@ def test_overwrite_with_bad_input_keeps_the_old_run(runs, bad, capsys, tmp_path)
     assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before
 
 
+def test_overwrite_removes_only_a_run_folder(bad, capsys, tmp_path):
+    """--overwrite on a folder that holds no rankmix run (a home folder, say) refuses and deletes nothing;
+    an output_dir that is a file is refused too."""
+    recipe, _ = bad()
+    home = tmp_path / "home"
+    (home / "thesis").mkdir(parents=True)
+    (home / "thesis" / "draft.tex").write_text("precious")
+    err = fails(capsys, "train", recipe, "--overwrite", "--set", f"output_dir={home}")
+    assert "--overwrite" in err and "no rankmix run" in err and "choose another output_dir" in err
+    assert (home / "thesis" / "draft.tex").read_text() == "precious"
+    (tmp_path / "a-file").write_text("x")
+    err = fails(capsys, "train", recipe, "--set", f"output_dir={tmp_path / 'a-file'}")
+    assert "is a file" in err
+    assert (tmp_path / "a-file").read_text() == "x"
+
+
+def test_fresh_run_never_replaces_an_adapter_it_cannot_resume(runs, capsys, tmp_path):
+    """A finished run whose checkpoint.pt was deleted: training there again is refused (its best adapter
+    would be overwritten by a fresh run's), until --overwrite says so."""
+    run = copy_run(runs.get("decoder")[0], tmp_path / "run")
+    (run / "checkpoint.pt").unlink()
+    adapter = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    recipe = runs.root / "decoder-more.yaml"  # the recipe of runs.get("decoder")
+    err = fails(capsys, "train", recipe, "--no-progress", "--set", f"output_dir={run}")
+    assert "no checkpoint.pt to resume from" in err and "--overwrite" in err
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
+    ok("train", recipe, "--no-progress", "--overwrite", "--set", f"output_dir={run}")
+    assert (run / "checkpoint.pt").is_file()
+
+
 def test_data_folder_without_files_names_expected_path(bad, capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     recipe, out = bad(lambda d: d.update(data_dir=str(tmp_path / "empty")))

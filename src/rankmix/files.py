@@ -33,12 +33,25 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_YamlLoader)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: str | os.PathLike, mode: int) -> None:
+    """Give a temporary file or folder (created private, 0600/0700) the mode a plain open() or mkdir()
+    would have, so that teammates read a shared run as the user's umask allows."""
+    os.chmod(path, mode & ~_umask())
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     """Call `write(tmp_path)` to fill a temporary file beside `path`, then move it onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    _usual_mode(tmp, 0o666)
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -69,6 +82,7 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    _usual_mode(tmp, 0o777)
     try:
         yield tmp
         old = folder.with_name(f".{folder.name}.old")

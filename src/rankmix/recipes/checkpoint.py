@@ -52,7 +52,7 @@ def load_checkpoint(
     except Exception as e:
         reason = str(e).splitlines()[0]
         raise ValueError(
-            f"checkpoint {path} is unreadable ({reason}); delete it or pass --overwrite"
+            f"checkpoint {path} is unreadable ({reason}); pass --overwrite to train afresh"
         ) from None
     saved = ckpt["state"].get("config", {})
     differ = [

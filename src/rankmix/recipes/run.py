@@ -145,6 +145,26 @@ def open_run(folder: str | Path, overrides: list[str], splits: tuple[str, ...] =
     return run, path
 
 
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an output_dir whose contents training would destroy: --overwrite removes
+    only a rankmix run folder, and a fresh run never replaces an adapter it cannot resume."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output_dir {out} is a file; choose a folder (e.g. --set output_dir=runs/NAME)")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    is_run = (out / RUN_CONFIG).is_file() or (out / CHECKPOINT).is_file()
+    if overwrite and not is_run:
+        raise ValueError(
+            f"--overwrite deletes output_dir, and {out} holds files but no rankmix run ({RUN_CONFIG} or "
+            f"{CHECKPOINT}), so rankmix leaves it alone; choose another output_dir"
+        )
+    if not overwrite and not (out / CHECKPOINT).is_file() and (out / ADAPTER_DIR).exists():
+        raise ValueError(
+            f"{out} holds a trained adapter but no {CHECKPOINT} to resume from, and a fresh run would "
+            "replace it; pass --overwrite to train afresh there, or choose another output_dir"
+        )
+
+
 def check_task(run: Run, task: str | None, with_head: bool = False) -> None:
     """`task` must be one of the run's tasks, and is required where each task merges differently (or,
     `with_head`, has a head of its own)."""

@@ -23,6 +23,7 @@ from .run import (
     TENSORBOARD,
     Run,
     best_summary,
+    check_output_dir,
     evaluate_run,
     prepare,
     results,
@@ -63,6 +64,7 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
     start_time = time.time()
     out = Path(cfg.output_dir)
     checkpoint = out / CHECKPOINT
+    check_output_dir(out, overwrite)
     run = prepare(cfg)  # bad input fails here, before anything on disk changes
     t = cfg.train
 
