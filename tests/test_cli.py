@@ -13,11 +13,14 @@ import io
 import itertools
 import json
 import math
+import os
 import pickle
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -643,6 +646,70 @@ def test_interrupted_run_resumes_to_the_same_adapter(runs, monkeypatch):
     assert [r["step"] for r in log_b] == [r["step"] for r in log_a]
     for a, b in zip(log_a, log_b, strict=True):
         assert a == pytest.approx(b, abs=1e-6)
+
+
+def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the run ended before {what}: {proc.communicate()[1]}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_signalled_run_resumes_to_the_same_adapter(runs, sig):
+    """`rankmix train` as a real process, stopped by a signal, then the same command again: the final
+    adapter and checkpoint equal an uninterrupted run's. Ctrl-C and SIGTERM finish the step, write a
+    checkpoint and exit 128+signal with one line saying how to resume; SIGKILL resumes from the last
+    evaluation's checkpoint."""
+    settings = {"steps": 40, "eval_every": 20, "log_every": 1}
+    whole = runs.root / "whole"
+    if not (whole / "checkpoint.pt").is_file():  # one uninterrupted run serves every signal
+        ok("train", runs.recipe("whole", "decoder", **settings), "--no-progress")
+    recipe = runs.recipe(f"stopped-{sig.name}", "decoder", **settings)
+    out = runs.root / f"stopped-{sig.name}"
+
+    def logged_steps() -> int:
+        log = out / "metrics.jsonl"
+        return len(log.read_text().splitlines()) if log.is_file() else 0
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rankmix.cli", "train", str(recipe), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # as in this process (conftest): the same float sums
+    )
+    if sig == signal.SIGKILL:  # after the checkpoint of step 20
+        _wait_for(lambda: (out / "checkpoint.pt").is_file(), proc, "the first checkpoint")
+    else:
+        _wait_for(lambda: logged_steps() >= 3, proc, "step 3")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 128 + sig, err
+        assert "Traceback" not in err
+        last = err.strip().splitlines()[-1]
+        step = torch.load(out / "checkpoint.pt", weights_only=True)["state"]["step"]
+        assert 3 <= step < 40
+        assert last == (
+            f"rankmix train: interrupted at step {step} of 40; {out / 'checkpoint.pt'} holds it: run the "
+            "same command again to resume"
+        )
+    ok("train", recipe, "--no-progress")
+    done = {
+        name: torch.load(run / "checkpoint.pt", weights_only=True)
+        for name, run in (("whole", whole), ("stopped", out))
+    }
+    assert done["stopped"]["state"]["step"] == 40
+    for name, value in done["whole"]["params"].items():
+        assert torch.allclose(done["stopped"]["params"][name], value, atol=1e-6), name
+    best = [load_file(run / "adapter" / "adapter_model.safetensors") for run in (whole, out)]
+    assert set(best[0]) == set(best[1])
+    for name, value in best[0].items():
+        assert torch.allclose(best[1][name], value, atol=1e-6), name
 
 
 def copy_run(run: Path, dest: Path) -> Path:

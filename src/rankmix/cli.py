@@ -151,12 +151,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"rankmix {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except RuntimeError as e:
-        from .recipes.train import TrainingDiverged  # already imported where it can be raised
+        from .recipes.train import RunStopped  # already imported wherever it can be raised
 
-        if not isinstance(e, TrainingDiverged):
+        if not isinstance(e, RunStopped):
             raise
-        print(f"rankmix {args.command}: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        print(f"rankmix {args.command}: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

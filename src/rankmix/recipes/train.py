@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,8 +37,44 @@ from .run import (
 from .run_config import RunConfig
 
 
-class TrainingDiverged(RuntimeError):
+class RunStopped(RuntimeError):
+    """Training stopped early on purpose; the message says why and what to do, `exit_code` is the CLI's."""
+
+    exit_code = 1
+
+
+class TrainingDiverged(RunStopped):
     """The loss became NaN or infinite; nothing of that step was applied or saved."""
+
+
+class TrainingInterrupted(RunStopped):
+    """SIGINT or SIGTERM: the current step finished and a checkpoint was written."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention for a signalled process
+
+
+@contextmanager
+def stop_requests() -> Iterator[dict]:
+    """While training, SIGINT (Ctrl-C) and SIGTERM ask the loop to stop after the current step; a second
+    Ctrl-C stops at once. Yields {"signal": the first signal received, or 0}."""
+    requested = {"signal": 0}
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield requested
+        return
+
+    def handle(signum, frame):
+        if requested["signal"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requested["signal"] = signum
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def param_groups(run: Run) -> list[dict]:
@@ -123,30 +163,41 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
             write_results(out, results(run, state, time.time() - start_time, accelerator.num_processes))
             save_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, sampler, state)
 
+    def forward_backward(stop_signal: int) -> tuple[Any, torch.Tensor, set[str]]:
+        """One optimizer step's micro-batches, back-propagated; returns the last outputs, the summed loss
+        and stop request (summed over processes, so that every process stops together) and the tasks."""
+        tasks, loss = set(), torch.zeros((), device=accelerator.device)
+        for micro in range(t.grad_accum):
+            pairs = sampler.next_batch()
+            tasks.update(run.tasks[task].name for task, _ in pairs)
+            examples = [(task, run.train_sets[task][i]) for task, i in pairs]
+            batch = run.family.collate(run.tokenizer, run.tasks, examples, t.max_length)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with nullcontext() if micro == t.grad_accum - 1 else accelerator.no_sync(model):
+                outputs = model(**batch)
+                accelerator.backward(outputs.loss / t.grad_accum)
+            loss += outputs.loss.detach()
+        status = torch.stack([loss, torch.tensor(float(stop_signal), device=loss.device)])
+        if accelerator.num_processes > 1:
+            status = accelerator.reduce(status, reduction="sum")
+        return outputs, status, tasks
+
     model.train()
     bar = tqdm(total=t.steps, initial=state["step"], disable=not progress or not main, desc="train")
-    try:
+    with ExitStack() as cleanup:
+        stop = cleanup.enter_context(stop_requests())
+        cleanup.callback(bar.close)
+        if log:
+            cleanup.callback(log.close)
+            cleanup.callback(writer.close)
         while state["step"] < t.steps:
-            step_tasks, step_loss = set(), torch.zeros((), device=accelerator.device)
-            for micro in range(t.grad_accum):
-                pairs = sampler.next_batch()
-                step_tasks.update(run.tasks[task].name for task, _ in pairs)
-                examples = [(task, run.train_sets[task][i]) for task, i in pairs]
-                batch = run.family.collate(run.tokenizer, run.tasks, examples, t.max_length)
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                sync = nullcontext() if micro == t.grad_accum - 1 else accelerator.no_sync(model)
-                with sync:
-                    outputs = model(**batch)
-                    accelerator.backward(outputs.loss / t.grad_accum)
-                step_loss += outputs.loss.detach()
-            if accelerator.num_processes > 1:  # every process stops together
-                step_loss = accelerator.reduce(step_loss, reduction="sum")
+            outputs, (step_loss, stopping), tasks = forward_backward(stop["signal"])
             if not torch.isfinite(step_loss):
                 raise TrainingDiverged(
-                    f"training diverged at step {state['step'] + 1} (task {', '.join(sorted(step_tasks))}): "
-                    "the loss is NaN or infinite; nothing of that step was applied, and "
-                    f"{out} keeps what the last evaluation saved (checkpoint, best adapter); train again "
-                    "with a lower train.lr (or train.max_grad_norm) in another output_dir"
+                    f"training diverged at step {state['step'] + 1} (task {', '.join(sorted(tasks))}): the "
+                    f"loss is NaN or infinite; nothing of that step was applied, and {out} keeps what the "
+                    "last evaluation saved (checkpoint, best adapter); train again with a lower train.lr "
+                    "(or train.max_grad_norm) in another output_dir"
                 )
             if t.max_grad_norm is not None:  # one bad batch (e.g. an unscaled regression target) must not
                 accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)  # wreck the run
@@ -163,9 +214,14 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
                 bar.set_postfix(loss=f"{loss:.3f}")
             if step % t.eval_every == 0 or step == t.steps:
                 run_eval(step)
-    finally:
-        bar.close()
-        if log:
-            log.close()
-            writer.close()
+            elif stopping and main:
+                save_checkpoint(
+                    checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, sampler, state
+                )
+            if stopping and step < t.steps:
+                raise TrainingInterrupted(
+                    f"interrupted at step {step} of {t.steps}; {checkpoint} holds it: run the same command "
+                    "again to resume",
+                    stop["signal"] or signal.SIGTERM,  # a process stopped because another one was signalled
+                )
     return results(run, state, time.time() - start_time, accelerator.num_processes)
