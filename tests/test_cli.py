@@ -611,8 +611,9 @@ def test_interrupted_run_resumes_to_the_same_adapter(runs, monkeypatch):
         return original(self)
 
     monkeypatch.setattr(train_mod.TaskSampler, "next_batch", interrupting)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stopped:  # an interrupt raised mid-step (e.g. a second Ctrl-C)
         main(["train", str(recipe), "--no-progress"])
+    assert stopped.value.code == 130
     monkeypatch.undo()
 
     # the interrupted run kept what it had: results of step 4, a checkpoint, the best adapter so far
@@ -856,6 +857,44 @@ def test_fresh_run_never_replaces_an_adapter_it_cannot_resume(runs, capsys, tmp_
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
     ok("train", recipe, "--no-progress", "--overwrite", "--set", f"output_dir={run}")
     assert (run / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("tasks=[rte", r"--set 'tasks=\[rte' is not valid YAML \(.* at line 1, column \d+\)"),
+        ("train=5", r"train must be a mapping of training options"),
+    ],
+)
+def test_malformed_override_is_one_line(bad, capsys, override, message):
+    recipe, out = bad()
+    err = fails(capsys, "train", recipe, "--set", override)
+    assert re.search(message, err)
+    assert not out.exists()
+
+
+def test_malformed_yaml_files_name_the_file_and_the_line(bad, capsys, runs, tmp_path):
+    """A recipe, a run's run.yaml and a custom task file with broken YAML: one line naming the file and
+    where, never a yaml traceback."""
+    recipe, out = bad()
+    recipe.write_text(recipe.read_text().replace("tasks:", "tasks: [rte\nfoo:", 1))
+    err = fails(capsys, "train", recipe)
+    assert f"recipe {recipe} is not valid YAML" in err and "at line" in err
+    assert not out.exists()
+
+    run = copy_run(runs.get("decoder")[0], tmp_path / "run")
+    (run / "adapter" / "run.yaml").write_text("model: [unclosed\n")  # what eval reads
+    err = fails(capsys, "eval", run)
+    assert "run.yaml is not valid YAML" in err and "at line" in err
+
+    task_file = tmp_path / "task.yaml"
+    task_file.write_text("name: mine\nprompt: {unclosed\n")
+    recipe, _ = bad(tasks=["rte"])
+    data = yaml.safe_load(recipe.read_text())
+    data["custom_tasks"] = [str(task_file)]
+    recipe.write_text(yaml.safe_dump(data))
+    err = fails(capsys, "train", recipe)
+    assert f"custom task file {task_file} is not valid YAML" in err
 
 
 def test_data_folder_without_files_names_expected_path(bad, capsys, tmp_path):

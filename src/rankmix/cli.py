@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
         print(f"rankmix {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # a second Ctrl-C in training, or one while loading
+        print(f"rankmix {args.command}: interrupted", file=sys.stderr)
+        sys.exit(130)
     except RuntimeError as e:
         from .recipes.train import RunStopped  # already imported wherever it can be raised
 

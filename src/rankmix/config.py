@@ -373,7 +373,10 @@ def check_keys(cls: type, data: dict[str, Any], problem: str, prefix: str = "") 
 def load_config(path: str | Path) -> AdapterConfig:
     """Read a config written by `AdapterConfig.save` (JSON or YAML)."""
     text = Path(path).read_text()
-    data = read_yaml(text) if Path(path).suffix in (".yaml", ".yml") else json.loads(text)
+    try:
+        data = read_yaml(text, str(path)) if Path(path).suffix in (".yaml", ".yml") else json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); fix it and run again") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of config options, got {type(data).__name__}")
     return config_from_dict(data)

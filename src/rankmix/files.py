@@ -28,9 +28,16 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
-def read_yaml(text: str) -> Any:
-    """Parse YAML text (safe loader; `1e-3` is a float)."""
-    return yaml.load(text, Loader=_YamlLoader)
+def read_yaml(text: str, source: str) -> Any:
+    """Parse YAML text (safe loader; `1e-3` is a float); malformed YAML is a ValueError naming `source`
+    (a file, or the `--set` item) and where the problem is."""
+    try:
+        return yaml.load(text, Loader=_YamlLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{source} is not valid YAML ({problem}{where}); fix it and run again") from None
 
 
 def _umask() -> int:

@@ -112,6 +112,10 @@ class RunConfig:
             self.train = TrainConfig()
         if isinstance(self.train, dict):
             self.train = _build(TrainConfig, self.train, "train.")
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError(
+                f"train must be a mapping of training options (e.g. train.lr=1e-3), got {self.train!r}"
+            )
         if isinstance(self.tasks, str) or not self.tasks:
             raise ValueError(f"tasks must be a non-empty list of task names, got {self.tasks!r}")
         if self.eval_mode not in ("score", "generate"):
@@ -165,7 +169,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {item!r}: {part!r} is not a section")
-        node[leaf] = read_yaml(raw)
+        node[leaf] = read_yaml(raw, f"--set {item!r}")
     return data
 
 
@@ -174,7 +178,7 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {path} not found; the ready recipes are in configs/")
-    data = read_yaml(path.read_text())
+    data = read_yaml(path.read_text(), f"recipe {path}")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a recipe is a YAML mapping (model:, tasks:, method:, train: ...)")
     data = apply_overrides(data, overrides or [])

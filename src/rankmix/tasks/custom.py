@@ -127,7 +127,7 @@ def load_custom_task(path: str | Path) -> Task:
     key = (path.resolve(), text)
     if key in _LOADED:
         return _LOADED[key]
-    spec = read_yaml(text)
+    spec = read_yaml(text, f"custom task file {where}")
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: expected a YAML mapping of task settings, got {type(spec).__name__}")
     _check_keys(spec, where)
