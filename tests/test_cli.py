@@ -773,6 +773,71 @@ def test_planted_pickle_checkpoint_is_refused_without_running(runs, capsys, tmp_
     assert not marker.exists()
 
 
+RUN_FILES = [
+    "checkpoint.pt",
+    "run.yaml",
+    "results.json",
+    "metrics.jsonl",
+    "adapter/adapter_config.json",
+    "adapter/adapter_model.safetensors",
+    "adapter/run.yaml",
+]
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "merge", "export-lora"])
+@pytest.mark.parametrize("name", RUN_FILES)
+def test_planted_pickle_runs_nowhere(runs, capsys, tmp_path, command, name):
+    """A pickle that would create a file, planted under each file name a run folder holds: every command
+    that reads the run either ignores that file or refuses it with one line (exit 2), creates no output,
+    and never runs the pickle's code."""
+    run = copy_run(runs.get("decoder")[0], tmp_path / "run")
+    marker = tmp_path / "pwned"
+    (run / name).write_bytes(pickle.dumps({"state": _Planted(marker)}))
+    out = tmp_path / "out"
+    args = {
+        "train": [runs.root / "decoder-more.yaml", "--no-progress", "--set", f"output_dir={run}"],
+        "eval": [run],
+        "merge": [run, "--task", "rte", "--out", out],
+        "export-lora": [run, "--task", "rte", "--out", out],
+    }[command]
+    code, _, err = cli(command, *args)
+    assert not marker.exists()
+    if code:
+        assert code == 2 and "Traceback" not in err, err
+        assert not out.exists()
+        assert Path(name).name in err.strip().splitlines()[-1], err
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "merge"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "checkpoint.pt",
+        "adapter/adapter_model.safetensors",
+        "adapter/heads.safetensors",
+        "adapter/adapter_config.json",
+    ],
+)
+def test_truncated_file_is_named_with_the_fix(runs, capsys, tmp_path, command, name):
+    """A file of an encoder run cut in half (a full disk, a copy stopped midway): every command that reads
+    it stops with one line naming the file (exit 2) and creates no output."""
+    run = copy_run(runs.get("encoder")[0], tmp_path / "run")
+    data = (run / name).read_bytes()
+    (run / name).write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    args = {
+        "train": [runs.root / "encoder-more.yaml", "--no-progress", "--set", f"output_dir={run}"],
+        "eval": [run],
+        "merge": [run, "--task", "rte", "--out", out],
+    }[command]
+    code, _, err = cli(command, *args)
+    reads = (command == "train") == (name == "checkpoint.pt")  # a finished run's resume reads only that
+    if code or reads:
+        assert code == 2 and "Traceback" not in err, err
+        assert Path(name).name in err.strip().splitlines()[-1], err
+        assert not out.exists()
+
+
 def test_train_again_resumes_finished_run_and_overwrite_restarts(runs, tmp_path):
     run, _ = runs.get("decoder")
     results = json.loads((run / "results.json").read_text())

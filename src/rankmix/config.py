@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .allocation import Profile, parse_profile, per_layer
-from .files import read_yaml, write_json, write_yaml
+from .files import read_utf8, read_yaml, write_json, write_yaml
 from .hints import did_you_mean
 
 SCALINGS = ("rank", "rslora", "constant")
@@ -372,7 +372,7 @@ def check_keys(cls: type, data: dict[str, Any], problem: str, prefix: str = "") 
 
 def load_config(path: str | Path) -> AdapterConfig:
     """Read a config written by `AdapterConfig.save` (JSON or YAML)."""
-    text = Path(path).read_text()
+    text = read_utf8(path, "adapter config")
     try:
         data = read_yaml(text, str(path)) if Path(path).suffix in (".yaml", ".yml") else json.loads(text)
     except json.JSONDecodeError as e:

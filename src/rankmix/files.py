@@ -28,6 +28,14 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
+def read_utf8(path: str | os.PathLike, what: str) -> str:
+    """A text file's contents; a binary or otherwise non-UTF-8 file is a ValueError naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path} is not a UTF-8 text file; replace it with the right file") from None
+
+
 def read_yaml(text: str, source: str) -> Any:
     """Parse YAML text (safe loader; `1e-3` is a float); malformed YAML is a ValueError naming `source`
     (a file, or the `--set` item) and where the problem is."""

@@ -67,17 +67,19 @@ def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a saved adapter file, with an error naming the file when it is missing or damaged."""
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} is missing: {file.parent} is not a complete rankmix adapter folder")
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{file} is corrupted or truncated ({e}); save or copy the adapter again") from None
+
+
 def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The saved config (format checked) and tensors of a rankmix adapter folder, with clear errors."""
-    meta = read_adapter_config(path)
-    weights_file = Path(path) / WEIGHTS_NAME
-    if not weights_file.is_file():
-        raise FileNotFoundError(f"{weights_file} is missing: {path} is not a rankmix adapter folder")
-    try:
-        tensors = load_file(weights_file)
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{weights_file} is corrupted or truncated ({e}); save the adapter again") from None
-    return meta, tensors
+    return read_adapter_config(path), read_safetensors(Path(path) / WEIGHTS_NAME)
 
 
 def load_adapter_weights(model: RankMixModel, path: str | os.PathLike) -> None:

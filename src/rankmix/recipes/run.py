@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from ..families import ModelFamily
 from ..files import atomic_folder, write_json
 from ..model import RankMixModel, get_model
-from ..persistence import read_adapter_config, save_tensors
+from ..persistence import read_adapter_config, read_safetensors, save_tensors
 from ..stats import allocation, by_layer, mean_selected_ranks
 from ..tasks import get_task, load_custom_task
 from ..tasks.base import Example, Task
@@ -125,7 +124,12 @@ def load_adapter(run: Run, folder: Path) -> None:
     """Load a saved adapter (and heads) into a freshly prepared run."""
     run.adapted.load_adapter_weights(folder)
     if run.heads is not None:
-        run.heads.load_state_dict(load_file(str(folder / HEADS_NAME)))
+        file = folder / HEADS_NAME
+        heads = read_safetensors(file)
+        expected = {k: v.shape for k, v in run.heads.state_dict().items()}
+        if {k: v.shape for k, v in heads.items()} != expected:
+            raise ValueError(f"{file} does not hold this run's task heads; copy the run folder again")
+        run.heads.load_state_dict(heads)
 
 
 def open_run(folder: str | Path, overrides: list[str], splits: tuple[str, ...] = ()) -> tuple[Run, Path]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import AdapterConfig, check_keys, config_from_dict
-from ..files import read_yaml, write_yaml
+from ..files import read_utf8, read_yaml, write_yaml
 from ..methods import method_named
 
 SAMPLINGS = ("size_softmax", "temperature", "proportional", "uniform")
@@ -178,7 +178,7 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {path} not found; the ready recipes are in configs/")
-    data = read_yaml(path.read_text(), f"recipe {path}")
+    data = read_yaml(read_utf8(path, "recipe"), f"recipe {path}")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a recipe is a YAML mapping (model:, tasks:, method:, train: ...)")
     data = apply_overrides(data, overrides or [])

@@ -19,7 +19,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-from ..files import read_yaml
+from ..files import read_utf8, read_yaml
 from ..hints import did_you_mean
 from .base import Task
 from .metrics import METRICS
@@ -123,7 +123,7 @@ def load_custom_task(path: str | Path) -> Task:
     the same file again returns the registered task)."""
     path = Path(path)
     where = str(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path, "custom task file")
     key = (path.resolve(), text)
     if key in _LOADED:
         return _LOADED[key]
