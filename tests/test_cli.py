@@ -713,6 +713,47 @@ def test_signalled_run_resumes_to_the_same_adapter(runs, sig):
         assert torch.allclose(best[1][name], value, atol=1e-6), name
 
 
+def test_damaged_latest_checkpoint_falls_back_to_the_one_before(runs, monkeypatch):
+    """Checkpoints every 2 steps, interrupted at step 7 (checkpoints of steps 6 and 4 on disk), the
+    latest then truncated: the same command resumes from step 4 and ends as the uninterrupted run,
+    its log included (what was logged after step 4 is dropped, then logged again)."""
+    from rankmix.recipes import train as train_mod
+
+    whole, _ = runs.get("decoder")  # 8 steps, evaluations at 4 and 8, log every 2
+    recipe = runs.recipe("decoder-fallback", "decoder", checkpoint_every=2)
+    run = runs.root / "decoder-fallback"
+    calls = {"n": 0}
+    original = train_mod.TaskSampler.next_batch
+
+    def interrupting(self):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(train_mod.TaskSampler, "next_batch", interrupting)
+    assert cli("train", recipe, "--no-progress")[0] == 130
+    monkeypatch.undo()
+    steps = {
+        n: torch.load(run / n, weights_only=True)["state"]["step"]
+        for n in ("checkpoint.pt", "checkpoint.prev.pt")
+    }
+    assert steps == {"checkpoint.pt": 6, "checkpoint.prev.pt": 4}
+    data = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(data[: len(data) // 3])
+
+    stdout = ok("train", recipe, "--no-progress")
+    assert "using the checkpoint kept before it" in stdout and "from step 4" in stdout
+    done = [torch.load(r / "checkpoint.pt", weights_only=True) for r in (whole, run)]
+    assert done[1]["state"]["step"] == 8
+    for name, value in done[0]["params"].items():
+        assert torch.allclose(done[1]["params"][name], value, atol=1e-6), name
+    log_a, log_b = read_jsonl(whole / "metrics.jsonl"), read_jsonl(run / "metrics.jsonl")
+    assert [r["step"] for r in log_b] == [r["step"] for r in log_a]
+    for a, b in zip(log_a, log_b, strict=True):
+        assert a == pytest.approx(b, abs=1e-6)
+
+
 def copy_run(run: Path, dest: Path) -> Path:
     shutil.copytree(run, dest)
     return dest
@@ -765,8 +806,8 @@ def test_planted_pickle_checkpoint_is_refused_without_running(runs, capsys, tmp_
     naming the file and the fix, and its code never runs."""
     run = copy_run(runs.get("decoder")[0], tmp_path / "run")
     marker = tmp_path / "pwned"
-    with open(run / "checkpoint.pt", "wb") as f:
-        pickle.dump({"state": _Planted(marker)}, f)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):  # the latest and the one kept before it
+        (run / name).write_bytes(pickle.dumps({"state": _Planted(marker)}))
     recipe = runs.root / "decoder-more.yaml"  # the recipe of runs.get("decoder")
     err = fails(capsys, "train", recipe, "--no-progress", "--set", f"output_dir={run}")
     assert "checkpoint.pt is unreadable" in err and "--overwrite" in err
@@ -830,9 +871,11 @@ def test_truncated_file_is_named_with_the_fix(runs, capsys, tmp_path, command, n
         "eval": [run],
         "merge": [run, "--task", "rte", "--out", out],
     }[command]
-    code, _, err = cli(command, *args)
-    reads = (command == "train") == (name == "checkpoint.pt")  # a finished run's resume reads only that
-    if code or reads:
+    code, stdout, err = cli(command, *args)
+    if command == "train" and name == "checkpoint.pt":  # the checkpoint kept before it takes over
+        assert code == 0 and "truncated" not in err
+        assert "checkpoint.pt is unreadable" in stdout and "using the checkpoint kept before it" in stdout
+    elif code or (command != "train" and name != "checkpoint.pt"):  # eval and merge read the adapter
         assert code == 2 and "Traceback" not in err, err
         assert Path(name).name in err.strip().splitlines()[-1], err
         assert not out.exists()
@@ -911,10 +954,11 @@ def test_overwrite_removes_only_a_run_folder(bad, capsys, tmp_path):
 
 
 def test_fresh_run_never_replaces_an_adapter_it_cannot_resume(runs, capsys, tmp_path):
-    """A finished run whose checkpoint.pt was deleted: training there again is refused (its best adapter
+    """A finished run whose checkpoints were deleted: training there again is refused (its best adapter
     would be overwritten by a fresh run's), until --overwrite says so."""
     run = copy_run(runs.get("decoder")[0], tmp_path / "run")
-    (run / "checkpoint.pt").unlink()
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (run / name).unlink()
     adapter = (run / "adapter" / "adapter_model.safetensors").read_bytes()
     recipe = runs.root / "decoder-more.yaml"  # the recipe of runs.get("decoder")
     err = fails(capsys, "train", recipe, "--no-progress", "--set", f"output_dir={run}")

@@ -342,8 +342,20 @@ def test_scitail_reads_the_headerless_tsv_format(tmp_path):
 
 
 def test_hub_loading_without_datasets_says_how_to_install(monkeypatch):
+    """ModuleNotFoundError: the CLI prints it as one line (exit 2), like every bad-setup error."""
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
-    with pytest.raises(ImportError, match="pip install datasets"):
+    with pytest.raises(ModuleNotFoundError, match="pip install datasets"):
+        get_task("rte").load("dev")
+
+
+def test_hub_unreachable_names_the_dataset_and_data_dir(monkeypatch):
+    """Offline (or an unknown id): a ValueError naming the dataset and pointing at data_dir."""
+
+    def load_dataset(path, name=None, split=None):
+        raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    with pytest.raises(ValueError, match=r"could not load nyu-mll/glue \(rte, split validation\).*data_dir"):
         get_task("rte").load("dev")
 
 

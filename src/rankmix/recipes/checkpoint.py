@@ -1,8 +1,10 @@
 """Training checkpoints: trainable parameters, optimizer, scheduler, sampler and RNG state, and the loop's
-state (step, best result, history), written atomically; a resumed run must share the configuration."""
+state (step, best result, history), written atomically; a resumed run must share the configuration. The
+checkpoint before the latest is kept beside it, so a damaged latest one falls back to it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,18 @@ def resume_key(cfg: RunConfig) -> dict[str, Any]:
             flat.update({f"train.{k}": v for k, v in value.items()})
         else:
             flat[key] = value
-    for key in ("output_dir", "train.steps", "train.eval_every", "train.log_every"):
+    for key in ("output_dir", "train.steps", "train.eval_every", "train.checkpoint_every", "train.log_every"):
         flat.pop(key)
     return flat
+
+
+def previous(path: Path) -> Path:
+    """Where the checkpoint before the latest is kept."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def has_checkpoint(path: Path) -> bool:
+    return path.is_file() or previous(path).is_file()
 
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, sampler, state: dict) -> None:
@@ -39,21 +50,40 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, sampler,
         "rng": torch.get_rng_state(),
         "state": state,
     }
+    if path.is_file():  # a crash from here on leaves the previous checkpoint to resume from
+        os.replace(path, previous(path))
     atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
-def load_checkpoint(
-    path: Path, model: nn.Module, optimizer, scheduler, sampler, key: dict[str, Any]
-) -> dict[str, Any]:
-    """Restore a run's training state; a checkpoint of another configuration is refused, untouched."""
+def _read(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents; ValueError when it is damaged or holds anything but tensors and plain data."""
     try:
         # weights_only: tensors and plain containers only, so a planted pickle cannot run code here
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = str(e).splitlines()[0]
-        raise ValueError(
-            f"checkpoint {path} is unreadable ({reason}); pass --overwrite to train afresh"
-        ) from None
+        raise ValueError(f"checkpoint {path} is unreadable ({str(e).splitlines()[0]})") from None
+    if not isinstance(ckpt, dict) or not {"params", "state", "optimizer"} <= set(ckpt):
+        raise ValueError(f"checkpoint {path} is not a rankmix checkpoint")
+    return ckpt
+
+
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer, scheduler, sampler, key: dict[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """Restore a run's training state from the latest readable checkpoint (the latest, or the one kept
+    before it); returns the loop's state and why a damaged latest one was passed over. A checkpoint of
+    another configuration is refused, untouched."""
+    problems = []
+    for candidate in (path, previous(path)):
+        if not candidate.is_file():
+            continue
+        try:
+            ckpt = _read(candidate)
+            break
+        except ValueError as e:
+            problems.append(str(e))
+    else:
+        raise ValueError(f"{'; '.join(problems)}; pass --overwrite to train afresh")
     saved = ckpt["state"].get("config", {})
     differ = [
         f"{k}: {saved.get(k)!r} there, {key.get(k)!r} here"
@@ -79,4 +109,4 @@ def load_checkpoint(
     scheduler.load_state_dict(ckpt["scheduler"])
     sampler.load_state_dict(ckpt["sampler"])
     torch.set_rng_state(ckpt["rng"])
-    return ckpt["state"]
+    return ckpt["state"], problems

@@ -21,6 +21,7 @@ from ..persistence import read_adapter_config, read_safetensors, save_tensors
 from ..stats import allocation, by_layer, mean_selected_ranks
 from ..tasks import get_task, load_custom_task
 from ..tasks.base import Example, Task
+from .checkpoint import has_checkpoint
 from .evaluate import evaluate
 from .loading import load_model
 from .run_config import RunConfig, load_run_config
@@ -156,13 +157,13 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         raise ValueError(f"output_dir {out} is a file; choose a folder (e.g. --set output_dir=runs/NAME)")
     if not out.is_dir() or not any(out.iterdir()):
         return
-    is_run = (out / RUN_CONFIG).is_file() or (out / CHECKPOINT).is_file()
+    is_run = (out / RUN_CONFIG).is_file() or has_checkpoint(out / CHECKPOINT)
     if overwrite and not is_run:
         raise ValueError(
             f"--overwrite deletes output_dir, and {out} holds files but no rankmix run ({RUN_CONFIG} or "
             f"{CHECKPOINT}), so rankmix leaves it alone; choose another output_dir"
         )
-    if not overwrite and not (out / CHECKPOINT).is_file() and (out / ADAPTER_DIR).exists():
+    if not overwrite and not has_checkpoint(out / CHECKPOINT) and (out / ADAPTER_DIR).exists():
         raise ValueError(
             f"{out} holds a trained adapter but no {CHECKPOINT} to resume from, and a fresh run would "
             "replace it; pass --overwrite to train afresh there, or choose another output_dir"

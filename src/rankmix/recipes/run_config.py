@@ -43,6 +43,10 @@ class TrainConfig:
         },
     )
     eval_every: int = 200
+    checkpoint_every: int | None = field(
+        default=100,
+        metadata={"help": "also checkpoint every N steps between evaluations (null: at evaluations only)"},
+    )
     log_every: int = 10
     sampling: str = field(
         default="size_softmax",
@@ -61,7 +65,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
-        for name in ("max_train_examples", "max_eval_examples"):
+        for name in ("max_train_examples", "max_eval_examples", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"train.{name} must be a positive integer or null, got {value!r}")

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from ..data.sampling import TaskSampler
-from .checkpoint import load_checkpoint, resume_key, save_checkpoint
+from ..files import read_utf8, write_text
+from .checkpoint import has_checkpoint, load_checkpoint, resume_key, save_checkpoint
 from .evaluate import average
 from .run import (
     ADAPTER_DIR,
@@ -77,6 +78,24 @@ def stop_requests() -> Iterator[dict]:
             signal.signal(s, handler)
 
 
+def trim_log(path: Path, step: int) -> None:
+    """Keep the records of metrics.jsonl up to `step`, where a resumed run takes over."""
+    if not path.is_file():
+        return
+    lines = read_utf8(path, "training log").splitlines(keepends=True)
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, TypeError, KeyError):
+            raise ValueError(
+                f"training log {path} is damaged at line {number}; move it aside and run again"
+            ) from None
+    if len(kept) != len(lines):
+        write_text(path, "".join(kept))
+
+
 def param_groups(run: Run) -> list[dict]:
     """Adapter parameters at train.lr; routers (gates, task embeddings) at train.router_lr if set; task
     heads, where the family has them, at train.head_lr (fresh heads learn faster)."""
@@ -130,15 +149,21 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
         rank=accelerator.process_index,
     )
     state = {"step": 0, "best": None, "best_step": None, "history": [], "config": resume_key(cfg)}
-    if checkpoint.exists():
-        state = load_checkpoint(checkpoint, run.model, optimizer, scheduler, sampler, resume_key(cfg))
+    if has_checkpoint(checkpoint):
+        state, passed_over = load_checkpoint(
+            checkpoint, run.model, optimizer, scheduler, sampler, resume_key(cfg)
+        )
+        for problem in passed_over:
+            accelerator.print(f"{problem}: using the checkpoint kept before it")
         accelerator.print(f"resuming {out} from step {state['step']}")
+        if main:  # the log reads as one run: drop what was logged after that step
+            trim_log(out / METRICS, state["step"])
     if main:
         cfg.save(out / RUN_CONFIG)
     model, optimizer, scheduler = accelerator.prepare(run.model, optimizer, scheduler)
 
     # the loop's own logging: metrics.jsonl and TensorBoard, on the main process
-    writer = SummaryWriter(str(out / TENSORBOARD)) if main else None
+    writer = SummaryWriter(str(out / TENSORBOARD), purge_step=state["step"] + 1) if main else None
     log = (out / METRICS).open("a") if main else None
 
     def emit(record: dict) -> None:
@@ -214,7 +239,7 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
                 bar.set_postfix(loss=f"{loss:.3f}")
             if step % t.eval_every == 0 or step == t.steps:
                 run_eval(step)
-            elif stopping and main:
+            elif main and (stopping or (t.checkpoint_every and step % t.checkpoint_every == 0)):
                 save_checkpoint(
                     checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, sampler, state
                 )

@@ -223,13 +223,21 @@ def hub_reader(
         try:
             import datasets
         except ImportError:
-            raise ImportError(
+            raise ModuleNotFoundError(
                 f"loading {path} from the Hugging Face hub needs the `datasets` package: "
                 f"pip install datasets (or pass a local folder: {LAYOUT})"
             ) from None
         hub_split = splits[split]
         rows = _Rows(f"{path}[{config}]:{hub_split}", strict, labels, by_index=True, unit="row")
-        records = enumerate(datasets.load_dataset(path, config, split=hub_split), 1)
+        try:
+            dataset = datasets.load_dataset(path, config, split=hub_split)
+        except Exception as e:  # offline, unknown id, no such config or split
+            raise ValueError(
+                f"could not load {path} ({config}, split {hub_split}) from the Hugging Face hub "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); pass a local folder "
+                f"instead: {LAYOUT}"
+            ) from None
+        records = enumerate(dataset, 1)
         return _convert_all(rows, records, convert, has_b)
 
     return read
