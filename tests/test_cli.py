@@ -972,7 +972,7 @@ def test_fresh_run_never_replaces_an_adapter_it_cannot_resume(runs, capsys, tmp_
     "override, message",
     [
         ("tasks=[rte", r"--set 'tasks=\[rte' is not valid YAML \(.* at line 1, column \d+\)"),
-        ("train=5", r"train must be a mapping of training options"),
+        ("train=5", r"train must be a mapping of options, got 5"),
     ],
 )
 def test_malformed_override_is_one_line(bad, capsys, override, message):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import abc
+import collections.abc
 import dataclasses
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -348,7 +351,7 @@ CONFIGS: dict[str, type[AdapterConfig]] = {
 
 def config_class(method: Any) -> type[AdapterConfig]:
     """The config class of a method name ('more', 'hilo', ...)."""
-    if method not in CONFIGS:
+    if not isinstance(method, str) or method not in CONFIGS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(CONFIGS)}")
     return CONFIGS[method]
 
@@ -362,12 +365,60 @@ def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
 
 
 def check_keys(cls: type, data: dict[str, Any], problem: str, prefix: str = "") -> None:
-    """Refuse keys that are not fields of dataclass `cls`, suggesting the closest one."""
+    """Refuse keys that are not fields of dataclass `cls` (suggesting the closest one), and values whose
+    type does not fit the field's annotation, before the class's own checks compare or iterate them."""
     known = {f.name for f in dataclasses.fields(cls)}
     for key in data:
-        if key not in known:
-            hint = did_you_mean(key, known, prefix) or f"; known keys: {sorted(known)}"
-            raise ValueError(f"{problem}{prefix + key!r}{hint}")
+        if not isinstance(key, str) or key not in known:
+            hint = did_you_mean(str(key), known, prefix) or f"; known keys: {sorted(known)}"
+            raise ValueError(f"{problem}{prefix + str(key)!r}{hint}")
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if not _fits(value, hints[key]):
+            raise ValueError(f"{prefix}{key} must be {_describe(hints[key])}, got {value!r}")
+
+
+def _describe(annotation: Any) -> str:
+    """An annotation in words, for error messages."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    words = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if annotation in words:
+        return words[annotation]
+    if origin in (list, tuple, collections.abc.Sequence):
+        return f"a list of ({_describe(args[0])})" if args else "a list"
+    if origin is dict or dataclasses.is_dataclass(annotation):
+        return "a mapping of options"
+    return str(annotation)
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether a value read from YAML or JSON fits a field annotation (an int fits float; bool fits only
+    bool); annotations beyond these simple forms are left to the class's own checks."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence):
+        item = args[0] if args else Any
+        return isinstance(value, (list, tuple)) and all(_fits(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if dataclasses.is_dataclass(annotation):  # a nested section, given as a mapping
+        return isinstance(value, (dict, annotation))
+    return True
 
 
 def load_config(path: str | Path) -> AdapterConfig:

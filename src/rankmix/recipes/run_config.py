@@ -134,7 +134,7 @@ class RunConfig:
         data = dict(self.method)
         if method_named(data.get("method")).task_routed:
             data.setdefault("tasks", list(self.tasks))
-            if list(data["tasks"]) != list(self.tasks):
+            if isinstance(data["tasks"], (list, tuple)) and list(data["tasks"]) != list(self.tasks):
                 raise ValueError(
                     f"method.tasks {data['tasks']} differs from tasks {self.tasks}; drop method.tasks"
                 )
