@@ -438,6 +438,51 @@ def test_hub_rows_format_like_the_local_files(monkeypatch, loaded, name):
     assert skipped == 0 and hub == local[: len(records)]
 
 
+def hub_folder(root: Path, repo: str, configs: dict[str | None, dict[str, list[dict]]]) -> None:
+    """A dataset folder in the hub's published layout: parquet files per config and split, declared in the
+    README's `configs:` header, as `datasets.load_dataset(repo, config)` finds them on the hub."""
+    from datasets import Dataset
+
+    header = ["---", "configs:"]
+    for config, splits in configs.items():
+        name = config or "default"
+        header += [f"- config_name: {name}", "  data_files:"]
+        for split, rows in splits.items():
+            Dataset.from_list(rows).to_parquet(str(root / repo / name / f"{split}-00000-of-00001.parquet"))
+            header += [f"  - split: {split}", f"    path: {name}/{split}-*.parquet"]
+    (root / repo / "README.md").write_text("\n".join([*header, "---", ""]))
+
+
+def test_hub_reader_reads_a_dataset_in_the_hub_layout(tmp_path, monkeypatch):
+    """The real `datasets` loader on local folders laid out as nyu-mll/glue (rte: pair classification,
+    ClassLabel indices) and tau/commonsense_qa (no config; nested choices): only the download is not
+    exercised."""
+    pytest.importorskip("datasets")
+    rte = [{"sentence1": "A cat sat.", "sentence2": "An animal sat.", "label": 0, "idx": 0}]
+    rte.append({"sentence1": "It rained.", "sentence2": "It was dry.", "label": 1, "idx": 1})
+    hub_folder(tmp_path, "nyu-mll/glue", {"rte": {"train": rte, "validation": rte[::-1]}})
+    csqa = {
+        "id": "q1",
+        "question": "Where do fish live?",
+        "question_concept": "fish",
+        "choices": {"label": ["A", "B", "C", "D", "E"], "text": ["sea", "sky", "desk", "car", "moon"]},
+        "answerKey": "A",
+    }
+    hub_folder(tmp_path, "tau/commonsense_qa", {None: {"train": [csqa], "validation": [csqa]}})
+    monkeypatch.chdir(tmp_path)  # a local folder named like the hub id is what load_dataset reads
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    dev, skipped = get_task("rte").load("dev")
+    assert skipped == 0
+    assert [(e.text_a, e.text_b, e.label) for e in dev] == [
+        ("It rained.", "It was dry.", 1),
+        ("A cat sat.", "An animal sat.", 0),
+    ]
+    (ex,), _ = get_task("commonsenseqa").load("train")
+    assert ex.label == 0 and "Where do fish live?" in ex.text_a and "E" in ex.text_a and "moon" in ex.text_a
+
+
 # ---------------------------------------------------------------- user tasks from YAML
 
 
