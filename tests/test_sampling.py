@@ -1,5 +1,5 @@
 """Tests for rankmix.data.sampling: task probabilities per strategy, the sampler's task frequencies,
-single/mixed batches, per-pass coverage, seeding, ranks, and resuming from a state dict."""
+single/mixed batches, per-pass coverage, seeding, processes, and resuming from a state dict."""
 
 from __future__ import annotations
 
@@ -167,25 +167,47 @@ def test_same_seed_same_stream(mode):
 
 
 @pytest.mark.parametrize("mode", ["single", "mixed"])
-def test_different_seed_or_rank_different_stream(mode):
-    base = stream(TaskSampler(SIZES, 4, strategy="uniform", mode=mode, seed=7, rank=0), 50)
-    other_seed = stream(TaskSampler(SIZES, 4, strategy="uniform", mode=mode, seed=8, rank=0), 50)
-    other_rank = stream(TaskSampler(SIZES, 4, strategy="uniform", mode=mode, seed=7, rank=1), 50)
+def test_different_seed_different_stream(mode):
+    base = stream(TaskSampler(SIZES, 4, strategy="uniform", mode=mode, seed=7), 50)
+    other_seed = stream(TaskSampler(SIZES, 4, strategy="uniform", mode=mode, seed=8), 50)
     assert base != other_seed
-    assert base != other_rank
-    assert other_seed != other_rank
 
 
-def test_ranks_of_one_run_all_differ():
-    streams = [tuple(map(tuple, stream(TaskSampler(SIZES, 4, seed=0, rank=r), 20))) for r in range(4)]
-    assert len(set(streams)) == 4
+@pytest.mark.parametrize("mode", ["single", "mixed"])
+@pytest.mark.parametrize("world", [2, 3])
+def test_processes_slice_one_global_batch(mode, world):
+    """`world` processes draw the stream of one process with a `world` times larger batch, each keeping
+    its own slice: no example twice in a step, the same task per step in single mode, and equal sampler
+    states (so that one checkpoint resumes every process)."""
+    whole = TaskSampler(SIZES, 4 * world, strategy="uniform", mode=mode, seed=7)
+    parts = [
+        TaskSampler(SIZES, 4, strategy="uniform", mode=mode, seed=7, rank=r, world=world)
+        for r in range(world)
+    ]
+    for _ in range(40):
+        batch = whole.next_batch()
+        slices = [p.next_batch() for p in parts]
+        assert [pair for piece in slices for pair in piece] == batch
+        if mode == "single":
+            assert len({t for t, _ in batch}) == 1
+    states = [p.state_dict() for p in parts]
+    for state in states[1:]:
+        assert (
+            torch.equal(state["generator"], states[0]["generator"])
+            and state["cursors"] == states[0]["cursors"]
+        )
+
+
+def test_rank_must_fit_the_world():
+    with pytest.raises(ValueError, match=r"rank must lie in 0\.\.world-1"):
+        TaskSampler(SIZES, 4, rank=2, world=2)
 
 
 # -- resuming --------------------------------------------------------------------------------------
 
 
 def _resumed(state: dict, mode: str, batches: int) -> list[list[tuple[int, int]]]:
-    fresh = TaskSampler(SIZES, 4, strategy="uniform", mode=mode, seed=999, rank=3)  # other seed on purpose
+    fresh = TaskSampler(SIZES, 4, strategy="uniform", mode=mode, seed=999)  # another seed on purpose
     fresh.load_state_dict(state)
     return stream(fresh, batches)
 

@@ -24,7 +24,10 @@ def task_probabilities(sizes: list[int], strategy: str, temperature: float = 2.0
 class TaskSampler:
     """An endless stream of batches, each a list of (task, example index) pairs. `single` mode takes a
     whole batch from one drawn task; `mixed` draws the task of every example. Each task is walked in a
-    fresh random order per pass. Workers (`rank` of `world`) get different streams."""
+    fresh random order per pass. With `world` processes, every process draws the same global batch of
+    `world * batch_size` pairs and keeps its own slice (`rank`): the processes never share examples,
+    their sampler states stay equal (one checkpoint serves all), and one process draws exactly the
+    stream a single-process run of batch `world * batch_size` draws."""
 
     def __init__(
         self,
@@ -35,14 +38,18 @@ class TaskSampler:
         mode: str = "single",
         seed: int = 0,
         rank: int = 0,
+        world: int = 1,
     ) -> None:
         if mode not in ("single", "mixed"):
             raise ValueError(f"batch mode must be 'single' or 'mixed', got {mode!r}")
         if not sizes or min(sizes) <= 0:
             raise ValueError(f"every task needs training examples; sizes per task: {sizes}")
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must lie in 0..world-1, got rank {rank} of {world}")
         self.sizes, self.batch_size, self.mode = list(sizes), batch_size, mode
+        self.rank, self.world = rank, world
         self.probs = task_probabilities(sizes, strategy, temperature)
-        self.generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
+        self.generator = torch.Generator().manual_seed(seed * 1_000_003)
         self.orders = [torch.randperm(n, generator=self.generator) for n in sizes]
         self.cursors = [0] * len(sizes)
 
@@ -55,14 +62,15 @@ class TaskSampler:
         return index
 
     def next_batch(self) -> list[tuple[int, int]]:
+        """This process's slice of the next global batch."""
+        size = self.batch_size * self.world
         if self.mode == "single":
             task = int(torch.multinomial(self.probs, 1, generator=self.generator))
-            tasks = [task] * self.batch_size
+            tasks = [task] * size
         else:
-            tasks = torch.multinomial(
-                self.probs, self.batch_size, replacement=True, generator=self.generator
-            ).tolist()
-        return [(t, self._take(t)) for t in tasks]
+            tasks = torch.multinomial(self.probs, size, replacement=True, generator=self.generator).tolist()
+        batch = [(t, self._take(t)) for t in tasks]
+        return batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
     def state_dict(self) -> dict:
         return {

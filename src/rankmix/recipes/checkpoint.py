@@ -41,13 +41,16 @@ def has_checkpoint(path: Path) -> bool:
     return path.is_file() or previous(path).is_file()
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, sampler, state: dict) -> None:
+def save_checkpoint(
+    path: Path, model: nn.Module, optimizer, scheduler, sampler, rng: list[torch.Tensor], state: dict
+) -> None:
+    """Write the training state; `rng` holds every process's RNG state, by rank (dropout differs)."""
     checkpoint = {
         "params": {n: p.detach().cpu() for n, p in _trainable(model).items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "sampler": sampler.state_dict(),
-        "rng": torch.get_rng_state(),
+        "sampler": sampler.state_dict(),  # the same on every process: they slice one global batch
+        "rng": rng,
         "state": state,
     }
     if path.is_file():  # a crash from here on leaves the previous checkpoint to resume from
@@ -68,7 +71,14 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(
-    path: Path, model: nn.Module, optimizer, scheduler, sampler, key: dict[str, Any]
+    path: Path,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    sampler,
+    key: dict[str, Any],
+    rank: int = 0,
+    world: int = 1,
 ) -> tuple[dict[str, Any], list[str]]:
     """Restore a run's training state from the latest readable checkpoint (the latest, or the one kept
     before it); returns the loop's state and why a damaged latest one was passed over. A checkpoint of
@@ -90,6 +100,9 @@ def load_checkpoint(
         for k in sorted(set(saved) | set(key))
         if saved.get(k) != key.get(k)
     ]
+    rng = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]  # one process, before 0.2
+    if len(rng) != world:
+        differ.append(f"processes: {len(rng)} there, {world} here (each process slices the global batch)")
     params = _trainable(model)
     if not differ and (
         set(ckpt["params"]) != set(params)
@@ -108,5 +121,5 @@ def load_checkpoint(
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     sampler.load_state_dict(ckpt["sampler"])
-    torch.set_rng_state(ckpt["rng"])
+    torch.set_rng_state(rng[rank])
     return ckpt["state"], problems

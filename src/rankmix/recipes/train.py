@@ -116,6 +116,7 @@ def param_groups(run: Run) -> list[dict]:
 def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dict:
     """Train, evaluate every `eval_every` steps and at the end, keep the best adapter; returns results."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import gather_object
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -129,8 +130,13 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
 
     # cpu=True when no GPU is present, so that torchrun / accelerate launch on CPUs run data-parallel (gloo)
     ddp = DistributedDataParallelKwargs(find_unused_parameters=run.family.find_unused_parameters)
+    # step_scheduler_with_optimizer=False: accelerate would otherwise step the schedule once per process
+    # per step, so that 2 processes would warm up and decay twice as fast as the recipe says
     accelerator = Accelerator(
-        mixed_precision=t.mixed_precision, cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp]
+        mixed_precision=t.mixed_precision,
+        cpu=not torch.cuda.is_available(),
+        kwargs_handlers=[ddp],
+        step_scheduler_with_optimizer=False,
     )
     main = accelerator.is_main_process
     if overwrite and out.exists() and main:
@@ -147,11 +153,19 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
         t.batch_mode,
         seed=t.seed,
         rank=accelerator.process_index,
+        world=accelerator.num_processes,
     )
     state = {"step": 0, "best": None, "best_step": None, "history": [], "config": resume_key(cfg)}
     if has_checkpoint(checkpoint):
         state, passed_over = load_checkpoint(
-            checkpoint, run.model, optimizer, scheduler, sampler, resume_key(cfg)
+            checkpoint,
+            run.model,
+            optimizer,
+            scheduler,
+            sampler,
+            resume_key(cfg),
+            accelerator.process_index,
+            accelerator.num_processes,
         )
         for problem in passed_over:
             accelerator.print(f"{problem}: using the checkpoint kept before it")
@@ -174,6 +188,14 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
                 if isinstance(value, (int, float)) and key != "step":
                     writer.add_scalar(key, value, record["step"])
 
+    def write_checkpoint() -> None:
+        """Every process calls it: each one's RNG state is gathered, the main process writes."""
+        rng = gather_object([torch.get_rng_state()])
+        if main:
+            save_checkpoint(
+                checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, sampler, rng, state
+            )
+
     def run_eval(step: int) -> None:
         scores = evaluate_run(run, accelerator.unwrap_model(model))
         avg = average(scores)
@@ -186,7 +208,7 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
                 save_adapter(run, out / ADAPTER_DIR)
         if main:
             write_results(out, results(run, state, time.time() - start_time, accelerator.num_processes))
-            save_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, sampler, state)
+        write_checkpoint()
 
     def forward_backward(stop_signal: int) -> tuple[Any, torch.Tensor, set[str]]:
         """One optimizer step's micro-batches, back-propagated; returns the last outputs, the summed loss
@@ -239,10 +261,8 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
                 bar.set_postfix(loss=f"{loss:.3f}")
             if step % t.eval_every == 0 or step == t.steps:
                 run_eval(step)
-            elif main and (stopping or (t.checkpoint_every and step % t.checkpoint_every == 0)):
-                save_checkpoint(
-                    checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, sampler, state
-                )
+            elif stopping or (t.checkpoint_every and step % t.checkpoint_every == 0):
+                write_checkpoint()
             if stopping and step < t.steps:
                 raise TrainingInterrupted(
                     f"interrupted at step {step} of {t.steps}; {checkpoint} holds it: run the same command "
