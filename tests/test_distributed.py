@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,23 +83,41 @@ def test_torchrun_two_processes(tmp_path, glue_data):
     assert banks and any(b.lora_B.abs().sum() > 0 for b in banks)  # trained, not the zero init
 
 
-def _torchrun(processes: int, recipe: Path) -> subprocess.CompletedProcess:
+def _tiny_bert(folder: Path, data_dir: Path) -> None:
+    """A tiny random BERT without dropout (runs on 1 and 2 processes must compute the same function)."""
+    corpus = [(data_dir / f"glue/{t}/train.tsv").read_text(encoding="utf-8") for t in ("RTE", "CoLA")]
+    tokenizer = word_tokenizer(corpus, template="bert")
+    build_base(  # no dropout in the base either: both runs must compute the same function
+        "bert",
+        layers=2,
+        hidden=32,
+        vocab=len(tokenizer),
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    ).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _torchrun_args(processes: int, recipe: Path) -> list[str]:
     torchrun = Path(sys.executable).with_name("torchrun")
+    return [
+        str(torchrun),
+        f"--nproc_per_node={processes}",
+        "-m",
+        "rankmix.cli",
+        "train",
+        str(recipe),
+        "--no-progress",
+    ]
+
+
+def _torchrun(processes: int, recipe: Path) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [
-            str(torchrun),
-            "--nproc_per_node",
-            str(processes),
-            "-m",
-            "rankmix.cli",
-            "train",
-            str(recipe),
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=600,
+        _torchrun_args(processes, recipe), capture_output=True, text=True, env=ENV, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -122,18 +142,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path, glue_da
     half-batch losses, not the loss of the whole batch), and with top-1 routing a small difference flips
     some tokens to another expert; the two runs stay close (measured: 9% of the largest weight after 6
     steps at lr 1e-2). It trains under DDP with experts that a process's half leaves unused."""
-    corpus = [(glue_data / f"glue/{t}/train.tsv").read_text(encoding="utf-8") for t in ("RTE", "CoLA")]
-    tokenizer = word_tokenizer(corpus, template="bert")
-    build_base(  # no dropout in the base either: both runs must compute the same function
-        "bert",
-        layers=2,
-        hidden=32,
-        vocab=len(tokenizer),
-        max_position_embeddings=128,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    ).save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    _tiny_bert(tmp_path / "model", glue_data)
     runs = {}
     for processes, batch in ((1, 8), (2, 4)):
         run = tmp_path / f"run-{processes}"
@@ -170,3 +179,47 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path, glue_da
         assert moved < 1e-4 * scale, f"2 processes differ from 1 by {moved} (weights up to {scale})"
     else:
         assert moved < 0.2 * scale, f"2 processes differ from 1 by {moved} (weights up to {scale})"
+
+
+def test_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(tmp_path, glue_data):
+    """SIGKILL to the whole torchrun group after a checkpoint, then the same command: the resumed
+    2-process run ends with the adapter of an uninterrupted 2-process run (every process resumes its own
+    RNG state and its own slice of the same global batches)."""
+    _tiny_bert(tmp_path / "model", glue_data)
+
+    def recipe(name: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        train = {"steps": 30, "batch_size": 2, "lr": 1e-2, "warmup_steps": 2, "eval_every": 30, "seed": 5}
+        train |= {"checkpoint_every": 3, "max_train_examples": 32, "max_eval_examples": 8, "max_length": 48}
+        data = {"model": str(tmp_path / "model"), "tasks": ["rte", "cola"], "data_dir": str(glue_data)}
+        data |= {
+            "output_dir": str(tmp_path / name),
+            "method": {"method": "more", "max_rank": 2},
+            "train": train,
+        }
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    _torchrun(2, recipe("whole"))
+    killed = recipe("killed")
+    proc = subprocess.Popen(
+        _torchrun_args(2, killed),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    step = torch.load(checkpoint, weights_only=True)["state"]["step"]
+    assert step < 30, "the run finished before the kill; the test proves nothing"
+    _torchrun(2, killed)
+    done = [torch.load(tmp_path / n / "checkpoint.pt", weights_only=True) for n in ("whole", "killed")]
+    assert done[1]["state"]["step"] == 30 and len(done[1]["rng"]) == 2
+    for name, value in done[0]["params"].items():
+        assert torch.allclose(done[1]["params"][name], value, atol=1e-6), name
