@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch on this machine's disk; set TORCH_SPEC to use another build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: test quickstart bench lint
+.PHONY: test quickstart bench bench-glue lint
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,3 +35,8 @@ quickstart: $(VENV)/.minilm
 
 bench: $(VENV)/.bench
 	$(PY) benchmarks/speed.py
+
+# The accuracy suites (hours on 2 CPU cores; resumable): DATA defaults to ../shared/data
+DATA ?= ../shared/data
+bench-glue: $(VENV)/.bench
+	$(PY) benchmarks/accuracy.py glue --data-dir $(DATA) && $(PY) benchmarks/render.py glue

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from accuracy import ROOT, SUITES
 from rankmix.files import write_text
+from rankmix.methods import method_named
 from rankmix.plots import plot_expert_load, plot_selected_ranks, save_png
 
 MARKDOWN = ROOT.parent / "BENCHMARKS.md"
@@ -96,9 +97,12 @@ def table(suite: str, records: dict[str, dict[int, dict]]) -> str:
         cells.append("-" if name == spec.baseline else mean_std(paired, "+"))
         params = runs[0]["results"]["parameters"]
         cells += [f"{params['trainable']:,}", f"{params['active_per_token']:,}"]
-        selected = [r["details"]["selected_ranks"] for r in runs if "selected_ranks" in r["details"]]
+        selects = method_named(runs[0]["results"]["method"]["method"]).nested  # MoRE: a rank per task
+        selected = [
+            r["details"]["selected_ranks"] for r in runs if selects and "selected_ranks" in r["details"]
+        ]
         cells.append(mean_std([differing_modules(s) for s in selected]) if selected else "-")
-        tracked = [r for r in runs if "initial_selected_ranks" in r["details"]]
+        tracked = [r for r in runs if selects and "initial_selected_ranks" in r["details"]]
         cells.append(mean_std([moved(r) for r in tracked]) if tracked else "-")
         cells.append(f"{statistics.mean(r['wall_time_s_total'] for r in runs):.0f}")
         lines.append("| " + " | ".join(cells) + " |")
