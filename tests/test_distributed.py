@@ -223,3 +223,20 @@ def test_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(tmp_path
     assert done[1]["state"]["step"] == 30 and len(done[1]["rng"]) == 2
     for name, value in done[0]["params"].items():
         assert torch.allclose(done[1]["params"][name], value, atol=1e-6), name
+
+
+def test_experts_without_tokens_do_not_break_ddp(tmp_path, glue_data):
+    """HiLo with 16 experts in the last layer, top-1, and at most 8 tokens per process and step (batch 1,
+    max_length 8): by pigeonhole at least 8 experts get no token from each process in every step, and
+    an expert may get tokens on one process only. DDP (find_unused_parameters) still trains."""
+    _tiny_bert(tmp_path / "model", glue_data)
+    recipe = tmp_path / "recipe.yaml"
+    train = {"steps": 3, "batch_size": 1, "max_length": 8, "warmup_steps": 1, "eval_every": 3}
+    train |= {"max_train_examples": 8, "max_eval_examples": 4}
+    data = {"model": str(tmp_path / "model"), "tasks": ["rte", "cola"], "data_dir": str(glue_data)}
+    method = {"method": "hilo", "experts": "2,16", "ranks": "1,1", "top_k": 1}
+    data |= {"output_dir": str(tmp_path / "run"), "method": method, "train": train}
+    recipe.write_text(yaml.safe_dump(data))
+    _torchrun(2, recipe)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["processes"] == 2 and results["steps"] == 3
