@@ -126,11 +126,12 @@ def load_adapter(run: Run, folder: Path) -> None:
     run.adapted.load_adapter_weights(folder)
     if run.heads is not None:
         file = folder / HEADS_NAME
-        heads = read_safetensors(file)
-        expected = {k: v.shape for k, v in run.heads.state_dict().items()}
-        if {k: v.shape for k, v in heads.items()} != expected:
-            raise ValueError(f"{file} does not hold this run's task heads; copy the run folder again")
-        run.heads.load_state_dict(heads)
+        try:  # load_state_dict checks the names and shapes
+            run.heads.load_state_dict(read_safetensors(file))
+        except RuntimeError:
+            raise ValueError(
+                f"{file} does not hold this run's task heads; copy the run folder again"
+            ) from None
 
 
 def open_run(folder: str | Path, overrides: list[str], splits: tuple[str, ...] = ()) -> tuple[Run, Path]:
