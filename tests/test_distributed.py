@@ -3,6 +3,7 @@ generated GLUE data of the `glue_data` fixture (tests/glue_fixture.py), so it ne
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -13,13 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import yaml
 from safetensors.torch import load_file
 
 from helpers import build_base, word_tokenizer
 from rankmix.layers import AdaptedLinear
-from rankmix.recipes.run import load_adapter, prepare
+from rankmix.recipes.run import evaluate_run, load_adapter, prepare
 from rankmix.recipes.run_config import load_run_config
+from rankmix.recipes.train import routing_log
 
 
 def _tiny_llama(folder: Path, data_dir: Path) -> None:
@@ -143,7 +146,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path, glue_da
     some tokens to another expert; the two runs stay close (measured: 9% of the largest weight after 6
     steps at lr 1e-2). It trains under DDP with experts that a process's half leaves unused."""
     _tiny_bert(tmp_path / "model", glue_data)
-    runs = {}
+    runs, logs = {}, {}
     for processes, batch in ((1, 8), (2, 4)):
         run = tmp_path / f"run-{processes}"
         recipe = tmp_path / f"recipe-{processes}.yaml"
@@ -165,18 +168,26 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path, glue_da
                         "max_eval_examples": 8,
                         "max_length": 48,
                         "seed": 3,
+                        "log_every": 1,
                     },
                 }
             )
         )
         _torchrun(processes, recipe)
         runs[processes] = _trained(run)
+        logs[processes] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     one, two = runs[1], runs[2]
+    losses = [[r["loss"] for r in logs[n] if "loss" in r] for n in (1, 2)]
+    assert len(losses[0]) == len(losses[1]) == 6
+    if method["method"] == "hilo":  # the routers' load, summed over both processes' halves
+        assert all(0 < r["router/top_expert_share"] <= 1 for r in logs[2] if "loss" in r)
     assert set(one) == set(two)
     moved = max(float((one[k] - two[k]).abs().max()) for k in one)
     scale = max(float(v.abs().max()) for v in one.values())
     if method["method"] == "lora":
         assert moved < 1e-4 * scale, f"2 processes differ from 1 by {moved} (weights up to {scale})"
+        # the logged loss is the global batch's mean, whatever the number of processes
+        assert losses[0] == pytest.approx(losses[1], rel=1e-4)
     else:
         assert moved < 0.2 * scale, f"2 processes differ from 1 by {moved} (weights up to {scale})"
 
@@ -240,3 +251,60 @@ def test_experts_without_tokens_do_not_break_ddp(tmp_path, glue_data):
     _torchrun(2, recipe)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["processes"] == 2 and results["steps"] == 3
+
+
+def _evaluate_and_route(recipe: Path) -> dict:
+    """Evaluate a HiLo run with fixed random weights; returns the scores, how many examples this process
+    predicted, and the routing record that training would log (summed over processes, if any)."""
+    run = prepare(load_run_config(recipe))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in run.model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    seen = []
+    family = run.family
+
+    class Counting:
+        def predict(self, model, tokenizer, task, ids, chunk, *rest):
+            seen.append(len(chunk))
+            return family.predict(model, tokenizer, task, ids, chunk, *rest)
+
+    scores = evaluate_run(dataclasses.replace(run, family=Counting()))
+
+    def reduce(tensor: torch.Tensor, reduction: str) -> torch.Tensor:
+        if dist.is_initialized():
+            dist.all_reduce(tensor)
+        return tensor
+
+    return {"scores": scores, "seen": sum(seen), "routing": routing_log(run, reduce)}
+
+
+def _evaluate_share(rank: int, world: int, recipe: Path, init: Path, out: Path) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    try:
+        (out / f"{rank}.json").write_text(json.dumps(_evaluate_and_route(recipe)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_evaluation_and_router_load_split_across_processes_equal_one_process(tmp_path, glue_data):
+    """Two gloo processes each predict half of every dev set and together score it as one process does;
+    the routers' load, summed over the two, is the one process's load (each token counted once)."""
+    _tiny_bert(tmp_path / "model", glue_data)
+    recipe = tmp_path / "recipe.yaml"
+    data = {"model": str(tmp_path / "model"), "tasks": ["rte", "stsb"], "data_dir": str(glue_data)}
+    method = {"method": "hilo", "experts": "24", "ranks": "22"}
+    data |= {"output_dir": str(tmp_path / "run"), "method": method}
+    data |= {"train": {"batch_size": 3, "max_eval_examples": 11, "max_length": 48}}
+    recipe.write_text(yaml.safe_dump(data))
+    alone = _evaluate_and_route(recipe)
+    torch.multiprocessing.spawn(_evaluate_share, args=(2, recipe, tmp_path / "init", tmp_path), nprocs=2)
+    shares = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
+    assert alone["seen"] == 22 and [s["seen"] for s in shares] == [12, 10]
+    for share in shares:
+        assert share["scores"].keys() == alone["scores"].keys()
+        for task, metrics in alone["scores"].items():
+            assert share["scores"][task] == pytest.approx(metrics, rel=1e-5)
+        assert share["routing"] == pytest.approx(alone["routing"], rel=1e-5)
+    assert set(alone["routing"]) == {"router/experts_per_token", "router/top_expert_share"}

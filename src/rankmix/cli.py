@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -145,21 +146,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    code = 0
     try:
         args.fn(args)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
         print(f"rankmix {args.command}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        code = 2
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one while loading
         print(f"rankmix {args.command}: interrupted", file=sys.stderr)
-        sys.exit(130)
+        code = 130
     except RuntimeError as e:
         from .recipes.train import RunStopped  # already imported wherever it can be raised
 
         if not isinstance(e, RunStopped):
             raise
         print(f"rankmix {args.command}: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        code = e.exit_code
+    leave(code)
+
+
+def leave(code: int) -> None:
+    """Exit with `code`. A process of a torch.distributed job (torchrun, accelerate launch) exits at once,
+    once its output is flushed: tearing down gloo's process group at interpreter exit can deadlock or
+    abort (its worker thread waits for the GIL that the main thread holds while joining it), which
+    would turn a finished run into a failed one. Everything a run writes is on disk by then."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..families import ModelFamily
@@ -24,14 +25,26 @@ def predict(
     max_length: int,
     mode: str = "score",
 ) -> list[float]:
-    """One prediction per example: a class index, or a float for regression."""
+    """One prediction per example: a class index, or a float for regression. Under torch.distributed,
+    each process predicts every world-th example with its own replica of `model`, and every process
+    gets all the predictions, in order."""
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    mine = examples[rank::world]
     device = next(p.device for p in model.parameters())
     preds: list[float] = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
+    for start in range(0, len(mine), batch_size):
+        chunk = mine[start : start + batch_size]
         ids = torch.full((len(chunk),), task_index, dtype=torch.long, device=device)
         preds += family.predict(model, tokenizer, task, ids, chunk, max_length, mode)
-    return preds
+    if world == 1:
+        return preds
+    parts: list[list[float]] = [[] for _ in range(world)]
+    dist.all_gather_object(parts, preds)
+    ordered: list[float] = [0.0] * len(examples)
+    for r, part in enumerate(parts):
+        ordered[r::world] = part
+    return ordered
 
 
 def evaluate(

@@ -9,7 +9,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import torch
 
 from ..data.sampling import TaskSampler
 from ..files import read_utf8, write_text
+from ..stats import mean_selected_ranks
 from .checkpoint import has_checkpoint, load_checkpoint, resume_key, save_checkpoint
 from .evaluate import average
 from .run import (
@@ -96,6 +97,30 @@ def trim_log(path: Path, step: int) -> None:
         write_text(path, "".join(kept))
 
 
+def token_routers(run: Run) -> list:
+    return [m.router for _, m in run.adapted.adapted_modules()] if run.adapted.method.token_routed else []
+
+
+def routing_log(run: Run, reduce: Callable[..., torch.Tensor]) -> dict[str, float]:
+    """What the routers did since the last log, over every process: for token routing, the mean over
+    modules of the experts a token uses and of the busiest expert's share of the assignments; for task
+    routing, each task's mean selected rank (the same on every process: it follows the parameters)."""
+    record: dict[str, float] = {}
+    routers = token_routers(run)
+    if routers:
+        counts = torch.cat([torch.cat([r.load, r.tokens[None]]) for r in routers])
+        counts = reduce(counts, reduction="sum").split([r.load.numel() + 1 for r in routers])
+        used = [(c[:-1], c[-1]) for c in counts if c[-1] > 0]
+        if used:
+            record["router/experts_per_token"] = sum(float(n.sum() / t) for n, t in used) / len(used)
+            record["router/top_expert_share"] = sum(float(n.max() / n.sum()) for n, _ in used) / len(used)
+        for r in routers:
+            r.reset_stats()
+    for task, rank in (mean_selected_ranks(run.adapted) or {}).items():
+        record[f"router/mean_rank/{task}"] = rank
+    return record
+
+
 def param_groups(run: Run) -> list[dict]:
     """Adapter parameters at train.lr; routers (gates, task embeddings) at train.router_lr if set; task
     heads, where the family has them, at train.head_lr (fresh heads learn faster)."""
@@ -129,7 +154,11 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
     t = cfg.train
 
     # cpu=True when no GPU is present, so that torchrun / accelerate launch on CPUs run data-parallel (gloo)
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=run.family.find_unused_parameters)
+    # broadcast_buffers=False: every process loads the same base, and the routers' load counters are
+    # each process's own (summed over processes when logged), not rank 0's copied into the others
+    ddp = DistributedDataParallelKwargs(
+        find_unused_parameters=run.family.find_unused_parameters, broadcast_buffers=False
+    )
     # step_scheduler_with_optimizer=False: accelerate would otherwise step the schedule once per process
     # per step, so that 2 processes would warm up and decay twice as fast as the recipe says
     accelerator = Accelerator(
@@ -189,15 +218,19 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
                     writer.add_scalar(key, value, record["step"])
 
     def write_checkpoint() -> None:
-        """Every process calls it: each one's RNG state is gathered, the main process writes."""
+        """Every process calls it: each one's RNG state is gathered, the main process writes, and no
+        process goes on (or exits) before the checkpoint is on disk."""
         rng = gather_object([torch.get_rng_state()])
         if main:
             save_checkpoint(
                 checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, sampler, rng, state
             )
+        accelerator.wait_for_everyone()
 
     def run_eval(step: int) -> None:
-        scores = evaluate_run(run, accelerator.unwrap_model(model))
+        scores = evaluate_run(run, accelerator.unwrap_model(model))  # each process predicts its share
+        for router in token_routers(run):  # the evaluation's tokens are not training's routing
+            router.reset_stats()
         avg = average(scores)
         emit({"step": step, "eval/average": avg, **{f"eval/{k}": r["score"] for k, r in scores.items()}})
         state["history"].append({"step": step, "average": avg, "tasks": scores})
@@ -255,9 +288,11 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
             bar.update(1)
             step = state["step"]
             if step % t.log_every == 0:
-                aux = {f"aux/{k}": float(v) for k, v in outputs.get("aux_losses", {}).items()}
-                loss = outputs.loss.detach().item()
-                emit({"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], **aux})
+                loss = float(step_loss) / (t.grad_accum * accelerator.num_processes)  # the global batch's
+                aux = {f"aux/{k}": v.detach() for k, v in outputs.get("aux_losses", {}).items()}
+                aux = {k: float(accelerator.reduce(v, reduction="mean")) for k, v in aux.items()}
+                record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], **aux}
+                emit(record | routing_log(run, accelerator.reduce))
                 bar.set_postfix(loss=f"{loss:.3f}")
             if step % t.eval_every == 0 or step == t.steps:
                 run_eval(step)
