@@ -240,9 +240,13 @@ class RankMixModel(nn.Module):
         """Every saved adapter tensor: parameters and persistent buffers."""
         return {k: v.detach() for k, v in self.adapter_tensors().items()}
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """adapter_config.json (versioned) and adapter_model.safetensors, each written atomically."""
-        persistence.save_adapter(self, path)
+    def save_pretrained(
+        self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """adapter_config.json (versioned) and adapter_model.safetensors, each written atomically;
+        `state_dict`: the adapter tensors to write instead of the model's own (e.g. gathered from FSDP
+        shards), as in transformers and PEFT."""
+        persistence.save_adapter(self, path, state_dict)
 
     @classmethod
     def from_pretrained(

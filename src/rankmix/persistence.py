@@ -34,9 +34,11 @@ def base_model_name(model: torch.nn.Module) -> str | None:
     return getattr(getattr(model, "config", None), "_name_or_path", None)
 
 
-def save_adapter(model: RankMixModel, path: str | os.PathLike) -> None:
+def save_adapter(
+    model: RankMixModel, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None
+) -> None:
     folder = Path(path)
-    save_tensors(folder / WEIGHTS_NAME, model.adapter_state_dict())
+    save_tensors(folder / WEIGHTS_NAME, model.adapter_state_dict() if state_dict is None else state_dict)
     write_json(
         folder / CONFIG_NAME,
         {

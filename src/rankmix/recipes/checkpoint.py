@@ -13,6 +13,7 @@ from torch import nn
 
 from ..files import atomic_write
 from .run_config import RunConfig
+from .sharding import full_tensor, is_sharded, load_full, load_optimizer_state, optimizer_state
 
 
 def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -42,17 +43,28 @@ def has_checkpoint(path: Path) -> bool:
 
 
 def save_checkpoint(
-    path: Path, model: nn.Module, optimizer, scheduler, sampler, rng: list[torch.Tensor], state: dict
+    path: Path,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    sampler,
+    rng: list[torch.Tensor],
+    state: dict,
+    write: bool = True,
 ) -> None:
-    """Write the training state; `rng` holds every process's RNG state, by rank (dropout differs)."""
+    """Write the training state; `rng` holds every process's RNG state, by rank (dropout differs). Under
+    FSDP every process calls it (the shards are gathered) and the one told to `write` writes."""
     checkpoint = {
-        "params": {n: p.detach().cpu() for n, p in _trainable(model).items()},
-        "optimizer": optimizer.state_dict(),
+        "params": {n: full_tensor(p).detach().cpu() for n, p in _trainable(model).items()},
+        "optimizer": optimizer_state(optimizer),
+        "sharded": is_sharded(model),
         "scheduler": scheduler.state_dict(),
         "sampler": sampler.state_dict(),  # the same on every process: they slice one global batch
         "rng": rng,
         "state": state,
     }
+    if not write:
+        return
     if path.is_file():  # a crash from here on leaves the previous checkpoint to resume from
         os.replace(path, previous(path))
     atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
@@ -103,6 +115,8 @@ def load_checkpoint(
     rng = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]  # one process, before 0.2
     if len(rng) != world:
         differ.append(f"processes: {len(rng)} there, {world} here (each process slices the global batch)")
+    if ckpt.get("sharded", False) != is_sharded(model):
+        differ.append(f"FSDP: {ckpt.get('sharded', False)} there, {is_sharded(model)} here")
     params = _trainable(model)
     if not differ and (
         set(ckpt["params"]) != set(params)
@@ -115,10 +129,9 @@ def load_checkpoint(
             f"recipe's: {'; '.join(differ)}); pass --set to match the checkpoint, --overwrite to start "
             "afresh, or choose another output_dir"
         )
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(ckpt["params"][n])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    for n, p in params.items():
+        load_full(p, ckpt["params"][n])
+    load_optimizer_state(optimizer, ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     sampler.load_state_dict(ckpt["sampler"])
     torch.set_rng_state(rng[rank])

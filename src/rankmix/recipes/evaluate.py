@@ -24,12 +24,12 @@ def predict(
     batch_size: int,
     max_length: int,
     mode: str = "score",
+    share: tuple[int, int] = (0, 1),
 ) -> list[float]:
-    """One prediction per example: a class index, or a float for regression. Under torch.distributed,
-    each process predicts every world-th example with its own replica of `model`, and every process
-    gets all the predictions, in order."""
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    """One prediction per example: a class index, or a float for regression. With `share` (rank, world)
+    of a torch.distributed job, each process predicts every world-th example with its own replica of
+    `model`, and every process gets all the predictions, in order."""
+    rank, world = share
     mine = examples[rank::world]
     device = next(p.device for p in model.parameters())
     preds: list[float] = []
@@ -56,14 +56,15 @@ def evaluate(
     batch_size: int,
     max_length: int,
     mode: str = "score",
+    share: tuple[int, int] = (0, 1),
 ) -> dict[str, dict[str, float]]:
-    """{task: {metric: value, "score": mean}} for every task."""
+    """{task: {metric: value, "score": mean}} for every task (each process predicting its `share`)."""
     was_training = model.training
     model.eval()
     results = {}
     try:
         for t, (task, examples) in enumerate(zip(tasks, dev_sets, strict=True)):
-            preds = predict(model, family, tokenizer, task, t, examples, batch_size, max_length, mode)
+            preds = predict(model, family, tokenizer, task, t, examples, batch_size, max_length, mode, share)
             results[task.name] = task.score(preds, [e.label for e in examples])
     finally:
         model.train(was_training)

@@ -25,6 +25,7 @@ from .checkpoint import has_checkpoint
 from .evaluate import evaluate
 from .loading import load_model
 from .run_config import RunConfig, load_run_config
+from .sharding import full_tensor
 
 RUN_CONFIG = "run.yaml"
 ADAPTER_DIR = "adapter"
@@ -101,23 +102,31 @@ def prepare(cfg: RunConfig, splits: tuple[str, ...] = ("train", "dev")) -> Run:
     return Run(cfg, tasks, data.get("train", []), data.get("dev", []), model, adapted, tokenizer, family)
 
 
-def evaluate_run(run: Run, model: nn.Module | None = None, mode: str | None = None) -> dict:
-    """Dev metrics of every task of `run` (with `model`, e.g. an unwrapped DDP replica, if given)."""
+def evaluate_run(
+    run: Run, model: nn.Module | None = None, mode: str | None = None, share: tuple[int, int] = (0, 1)
+) -> dict:
+    """Dev metrics of every task of `run` (with `model`, e.g. an unwrapped DDP replica, if given; each
+    process of a distributed job predicting its `share`, (rank, world))."""
     t = run.config.train
     model = run.model if model is None else model
     mode = mode or run.config.eval_mode
     return evaluate(
-        model, run.family, run.tokenizer, run.tasks, run.dev_sets, t.batch_size, t.max_length, mode
+        model, run.family, run.tokenizer, run.tasks, run.dev_sets, t.batch_size, t.max_length, mode, share
     )
 
 
 # -- the run folder ----------------------------------------------------------------------------------
-def save_adapter(run: Run, folder: Path) -> None:
-    """The adapter (rankmix format), the task heads if any, and the run's config, as one folder swap."""
+def save_adapter(run: Run, folder: Path, write: bool = True) -> None:
+    """The adapter (rankmix format), the task heads if any, and the run's config, as one folder swap.
+    Under FSDP every process calls it (the shards are gathered) and the one told to `write` writes."""
+    adapter = {k: full_tensor(v) for k, v in run.adapted.adapter_state_dict().items()}
+    heads = {k: full_tensor(v) for k, v in run.heads.state_dict().items()} if run.heads is not None else {}
+    if not write:
+        return
     with atomic_folder(folder) as tmp:
-        run.adapted.save_pretrained(tmp)
-        if run.heads is not None:
-            save_tensors(tmp / HEADS_NAME, run.heads.state_dict())
+        run.adapted.save_pretrained(tmp, state_dict=adapter)
+        if heads:
+            save_tensors(tmp / HEADS_NAME, heads)
         run.config.save(tmp / RUN_CONFIG)
 
 

@@ -37,6 +37,7 @@ from .run import (
     write_results,
 )
 from .run_config import RunConfig
+from .sharding import full_parameters, shard, take_fsdp_request
 
 
 class RunStopped(RuntimeError):
@@ -161,6 +162,7 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
     )
     # step_scheduler_with_optimizer=False: accelerate would otherwise step the schedule once per process
     # per step, so that 2 processes would warm up and decay twice as fast as the recipe says
+    fsdp = take_fsdp_request()  # before accelerate reads it
     accelerator = Accelerator(
         mixed_precision=t.mixed_precision,
         cpu=not torch.cuda.is_available(),
@@ -171,6 +173,8 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
     if overwrite and out.exists() and main:
         shutil.rmtree(out)
     accelerator.wait_for_everyone()
+    if fsdp:  # sharded before the optimizer sees the parameters
+        shard(run.model.to(accelerator.device))
 
     optimizer = torch.optim.AdamW(param_groups(run), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, t.warmup_steps, t.steps)
@@ -203,7 +207,14 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
             trim_log(out / METRICS, state["step"])
     if main:
         cfg.save(out / RUN_CONFIG)
-    model, optimizer, scheduler = accelerator.prepare(run.model, optimizer, scheduler)
+    if fsdp:
+        model = run.model
+        optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    else:
+        model, optimizer, scheduler = accelerator.prepare(run.model, optimizer, scheduler)
+    # under DDP each process evaluates its share of the dev sets; an FSDP forward is a collective, so
+    # there every process runs every example
+    share = (0, 1) if fsdp else (accelerator.process_index, accelerator.num_processes)
 
     # the loop's own logging: metrics.jsonl and TensorBoard, on the main process
     writer = SummaryWriter(str(out / TENSORBOARD), purge_step=state["step"] + 1) if main else None
@@ -221,14 +232,12 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
         """Every process calls it: each one's RNG state is gathered, the main process writes, and no
         process goes on (or exits) before the checkpoint is on disk."""
         rng = gather_object([torch.get_rng_state()])
-        if main:
-            save_checkpoint(
-                checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, sampler, rng, state
-            )
+        unwrapped = accelerator.unwrap_model(model)
+        save_checkpoint(checkpoint, unwrapped, optimizer, scheduler, sampler, rng, state, write=main)
         accelerator.wait_for_everyone()
 
     def run_eval(step: int) -> None:
-        scores = evaluate_run(run, accelerator.unwrap_model(model))  # each process predicts its share
+        scores = evaluate_run(run, accelerator.unwrap_model(model), share=share)
         for router in token_routers(run):  # the evaluation's tokens are not training's routing
             router.reset_stats()
         avg = average(scores)
@@ -236,9 +245,9 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
         state["history"].append({"step": step, "average": avg, "tasks": scores})
         if state["best"] is None or avg > state["best"]["average"]:
             state["best_step"] = step
-            state["best"] = best_summary(run, scores, avg)
-            if main:
-                save_adapter(run, out / ADAPTER_DIR)
+            with full_parameters(run.model):  # FSDP: statistics read whole parameters
+                state["best"] = best_summary(run, scores, avg)
+            save_adapter(run, out / ADAPTER_DIR, write=main)
         if main:
             write_results(out, results(run, state, time.time() - start_time, accelerator.num_processes))
         write_checkpoint()
@@ -292,7 +301,8 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
                 aux = {f"aux/{k}": v.detach() for k, v in outputs.get("aux_losses", {}).items()}
                 aux = {k: float(accelerator.reduce(v, reduction="mean")) for k, v in aux.items()}
                 record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], **aux}
-                emit(record | routing_log(run, accelerator.reduce))
+                with full_parameters(run.model):  # FSDP: selected ranks read whole parameters
+                    emit(record | routing_log(run, accelerator.reduce))
                 bar.set_postfix(loss=f"{loss:.3f}")
             if step % t.eval_every == 0 or step == t.steps:
                 run_eval(step)
