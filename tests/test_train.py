@@ -220,3 +220,18 @@ def test_router_lr_puts_gates_and_task_embeddings_in_their_own_group(tmp_path):
     assert {id(p) for p in groups[1]["params"]} == routers
     grouped = [id(p) for g in groups for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+
+
+def test_fsdp_requested_for_one_process_trains_unsharded(tmp_path, glue_data, monkeypatch):
+    """A request for FSDP (accelerate's ACCELERATE_USE_FSDP) with one process has nothing to shard over:
+    the run trains as without it, to the same adapter, and its checkpoint says it is not sharded."""
+    plain = _bert_on_glue(tmp_path, glue_data, "plain", steps=4, eval_every=4)
+    train(plain, progress=False)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    requested = _bert_on_glue(tmp_path, glue_data, "requested", steps=4, eval_every=4)
+    train(requested, progress=False)
+    checkpoint = torch.load(tmp_path / "requested" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["sharded"] is False
+    expected = _saved(tmp_path / "plain" / "adapter")
+    for name, value in _saved(tmp_path / "requested" / "adapter").items():
+        assert torch.equal(value, expected[name]), name

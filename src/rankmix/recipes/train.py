@@ -173,6 +173,7 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
     if overwrite and out.exists() and main:
         shutil.rmtree(out)
     accelerator.wait_for_everyone()
+    fsdp = fsdp and accelerator.num_processes > 1  # one process has nothing to shard over
     if fsdp:  # sharded before the optimizer sees the parameters
         shard(run.model.to(accelerator.device))
 
