@@ -982,6 +982,14 @@ def test_malformed_override_is_one_line(bad, capsys, override, message):
     assert not out.exists()
 
 
+def test_debug_shows_the_traceback_of_a_user_error(bad):
+    """--debug: the same bad input raises its ValueError (with the same message) instead of one line."""
+    recipe, out = bad()
+    with pytest.raises(ValueError, match="train must be a mapping of options"):
+        main(["--debug", "train", str(recipe), "--set", "train=5"])
+    assert not out.exists()
+
+
 def test_malformed_yaml_files_name_the_file_and_the_line(bad, capsys, runs, tmp_path):
     """A recipe, a run's run.yaml and a custom task file with broken YAML: one line naming the file and
     where, never a yaml traceback."""

@@ -101,6 +101,7 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rankmix", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show an error's full traceback")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, fn, help: str) -> argparse.ArgumentParser:
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.fn(args)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
+        if args.debug:
+            raise
         print(f"rankmix {args.command}: error: {e}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one while loading
