@@ -228,6 +228,16 @@ def test_more_default_scale_is_alpha_over_max_rank():
     assert sub.expert_scales(sub.expert_ranks(None, 0)) == pytest.approx([4.0] * 3)
 
 
+def test_hilo_default_scale_is_rslora():
+    """HiLo defaults to alpha/sqrt(r) with alpha 5.66: 2 at rank 8 (LoRA r=8 alpha 16), more for its smaller
+    experts; alpha/r at alpha 16 (the LoRA style) stays one option away."""
+    cfg = HiLoConfig()
+    assert (cfg.scaling, cfg.alpha) == ("rslora", 5.66)
+    assert cfg.expert_scales([2, 4, 8]) == pytest.approx([4.0, 2.83, 2.0], abs=0.01)
+    lora_style = HiLoConfig(scaling="rank", alpha=16)
+    assert lora_style.expert_scales([2, 4, 8]) == pytest.approx([8.0, 4.0, 2.0])
+
+
 def test_more_rank_scaling_option():
     """MoRE with scaling='rank' gives alpha / k for expert k."""
     cfg = MoREConfig(tasks=TASKS, alpha=8.0, max_rank=4, scaling="rank")

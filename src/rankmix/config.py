@@ -246,6 +246,14 @@ class HiLoConfig(_TokenRoutedConfig):
 
     method: ClassVar[str] = "hilo"
     ranks: Profile = "2468"
+    alpha: float = field(
+        default=5.66,
+        metadata={"help": "scale alpha/sqrt(r): 2 at rank 8, as LoRA r=8 alpha 16 (alpha/r: alpha 16)"},
+    )
+    scaling: str = field(
+        default="rslora",
+        metadata={"help": "rslora: alpha/sqrt(r), chosen on dev numbers (BENCHMARKS.md, HiLo study)"},
+    )
 
     def validate(self) -> None:
         super().validate()
