@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .recipes.run_config import load_run_config
+from .version import __version__
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -65,7 +66,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     )
 
     path = Path(args.target)
-    if path.is_dir():
+    trained = path.is_dir()
+    if trained:
         run, _ = open_run(args.target, args.set)
         adapted, tasks = run.adapted, [t.name for t in run.tasks]
     else:
@@ -80,9 +82,24 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         ranks = sorted({x for r in rows for x in r})
         print(f"{layer!s:>5} {len(rows):>7} {','.join(map(str, experts)):>8} {','.join(map(str, ranks)):<20}")
     if adapted.method.task_routed:
-        print("\nselected rank per task and layer (mean over the layer's modules):")
+        when = "" if trained else ", at initialisation (an untrained recipe: training moves them)"
+        print(f"\nselected rank per task and layer (mean over the layer's modules{when}):")
         for task, ranks in selected_ranks_by_layer(adapted).items():
             print(f"  {task:<16} " + " ".join(f"{r:.1f}" for r in ranks))
+
+
+def cmd_tasks(args: argparse.Namespace) -> None:
+    from .tasks import get_task, task_names
+
+    rows = [("task", "kind", "metrics", "local files (under data_dir)", "hub")]
+    for name in task_names():
+        task = get_task(name)
+        kind = "regression" if task.regression else f"{len(task.labels)} classes"
+        hub = "-" if task.hub in (None, task.reader) else getattr(task.hub, "source", "?")
+        rows.append((name, kind, ", ".join(task.metrics), getattr(task.reader, "source", "?"), hub))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -102,6 +119,7 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rankmix", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show an error's full traceback")
+    parser.add_argument("--version", action="version", version=f"rankmix {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, fn, help: str) -> argparse.ArgumentParser:
@@ -139,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("adapter", help="a run folder or its adapter/ folder")
     p.add_argument("--out", help="folder for the PNG files (default: <run>/plots)")
+    add("tasks", cmd_tasks, "list the built-in tasks: kind, metrics, where their data is read from")
     p = add("quickstart", cmd_quickstart, "train MoRE and LoRA on MiniLM-L6 with the built-in toy tasks")
     p.add_argument("--out", default="runs/quickstart")
     p.add_argument("--steps", type=int, default=80)

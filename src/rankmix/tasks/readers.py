@@ -106,6 +106,18 @@ class _Rows:
         return self.examples, len(self.skipped)
 
 
+def described(read: Reader, source: str) -> Reader:
+    """`read`, saying where it reads from (`rankmix tasks` lists it)."""
+    read.source = source  # type: ignore[attr-defined]
+    return read
+
+
+def _folder(files: Mapping[str, str | Path]) -> str:
+    """The folder (under data_dir, or absolute) that holds a task's split files."""
+    parents = {str(Path(f).parent) for f in files.values()}
+    return parents.pop() + "/" if len(parents) == 1 else ", ".join(str(f) for f in files.values())
+
+
 def _locate(data_dir: Path, files: Mapping[str, str | Path], split: str, hint: str) -> Path:
     if split not in files:
         raise ValueError(f"no {split!r} split here; this task has {', '.join(files)}")
@@ -152,7 +164,7 @@ def tsv_reader(
                 rows.add(lines.line_num, cells[a], None if b is None else cells[b], cells[y], b is not None)
         return rows.result()
 
-    return read
+    return described(read, f"{_folder(files)} (TSV)")
 
 
 def _records(path: Path, rows: _Rows) -> list[tuple[int, Any]]:
@@ -204,7 +216,7 @@ def json_reader(
         rows = _Rows(str(path), strict, labels, unit="record" if path.suffix == ".json" else "line")
         return _convert_all(rows, _records(path, rows), convert, has_b)
 
-    return read
+    return described(read, f"{_folder(files)} (JSON)")
 
 
 def hub_reader(
@@ -240,4 +252,4 @@ def hub_reader(
         records = enumerate(dataset, 1)
         return _convert_all(rows, records, convert, has_b)
 
-    return read
+    return described(read, f"{path}" + (f" ({config})" if config else ""))
