@@ -105,7 +105,9 @@ def test_merged_equals_unmerged(tiny, arch, method):
 
 @task_cases
 def test_export_lora_loads_in_stock_peft(tiny, arch, method, tmp_path):
-    """export_lora(task) writes a PEFT LoRA whose ranks are the task's ranks and whose outputs match."""
+    """export_lora(task) writes a PEFT LoRA whose outputs match: each module holds the task's rank, zero-
+    padded to the largest one, with one lora_alpha equal to r (no rank or alpha pattern, which vLLM
+    would ignore)."""
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
@@ -118,12 +120,16 @@ def test_export_lora_loads_in_stock_peft(tiny, arch, method, tmp_path):
         ranks = expected_ranks(model, task)
         tensors = load_file(folder / "adapter_model.safetensors")
         assert len(tensors) == 2 * len(names)
+        config = json.loads((folder / "adapter_config.json").read_text())
+        top = max(ranks.values())
+        assert config["r"] == config["lora_alpha"] == top
+        assert not config.get("rank_pattern") and not config.get("alpha_pattern")
         for name, module in model.adapted_modules():
             a = tensors[f"base_model.model.{name}.lora_A.weight"]
             b = tensors[f"base_model.model.{name}.lora_B.weight"]
             d_out, d_in = module.bank.lora_B.shape[0], module.bank.lora_A.shape[1]
-            assert a.shape == (ranks[name], d_in), name
-            assert b.shape == (d_out, ranks[name]), name
+            assert a.shape == (top, d_in) and b.shape == (d_out, top), name
+            assert not a[ranks[name] :].any() and not b[:, ranks[name] :].any(), name  # the padding
 
         peft_model = PeftModel.from_pretrained(copy.deepcopy(pristine), folder).eval()
         loaded = {
@@ -131,7 +137,7 @@ def test_export_lora_loads_in_stock_peft(tiny, arch, method, tmp_path):
             for name, m in peft_model.named_modules()
             if isinstance(m, LoraLayer)
         }
-        assert loaded == ranks
+        assert loaded == dict.fromkeys(ranks, top)
         with torch.no_grad():
             expected = tiny.output(model(**batch, task_ids=per_task_ids(model, t, n)))
             got = tiny.output(peft_model(**batch))

@@ -276,7 +276,9 @@ def test_task_agnostic_methods_take_no_tasks(tmp_path):
 
 
 def test_save_then_load_round_trips(tmp_path):
+    """Saved into its run folder (output_dir) and read back from there, a config is the same config."""
     data = base_recipe(
+        output_dir=str(tmp_path),
         data_dir="data/here",
         custom_tasks=["a.yaml"],
         strict=True,
@@ -295,10 +297,28 @@ def test_save_then_load_round_trips(tmp_path):
     cfg = load(tmp_path, data)
     cfg.save(tmp_path / "saved.yaml")
     again = load_run_config(tmp_path / "saved.yaml")
+    again.resolve_paths(tmp_path)
     assert again == cfg
     assert again.to_dict() == cfg.to_dict()
     assert again.train.lr == 1e-5 and isinstance(again.train.lr, float)
     assert again.adapter_config() == cfg.adapter_config()
+
+
+def test_saved_paths_are_relative_inside_the_run_folder_and_absolute_outside(tmp_path, monkeypatch):
+    """A run folder can move: output_dir and what lies inside it are written relative to the file's
+    folder; paths outside stay absolute (training made them so); names that are no paths stay names."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "run" / "adapter").mkdir(parents=True)
+    (tmp_path / "run" / "task.yaml").write_text("")
+    monkeypatch.chdir(tmp_path)
+    cfg = load(tmp_path, base_recipe(output_dir="run", data_dir="data"))
+    cfg.custom_tasks = [str(tmp_path / "run" / "task.yaml")]
+    cfg.resolve_paths(tmp_path)
+    assert cfg.data_dir == str(tmp_path / "data") and cfg.model == "smollm2"
+    cfg.save(tmp_path / "run" / "adapter" / "run.yaml")
+    saved = yaml.safe_load((tmp_path / "run" / "adapter" / "run.yaml").read_text())
+    assert saved["output_dir"] == ".." and saved["custom_tasks"] == ["../task.yaml"]
+    assert saved["data_dir"] == str(tmp_path / "data") and saved["model"] == "smollm2"
 
 
 def test_save_writes_plain_yaml(tmp_path):

@@ -18,7 +18,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .recipes.train import train
 
     cfg = load_run_config(args.config, args.set)
-    results = train(cfg, overwrite=args.overwrite, progress=not args.no_progress)
+    results = train(cfg, overwrite=args.overwrite, progress=not args.no_progress, device=args.device)
     if not PartialState().is_main_process:
         return
     print(format_table(results["tasks"]))
@@ -31,13 +31,40 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from .files import write_json
     from .recipes.evaluate import format_table
-    from .recipes.run import evaluate_run, open_run
+    from .recipes.run import evaluate_run, open_run, resolve_device
 
+    device = resolve_device(args.device)
     run, _ = open_run(args.adapter, args.set, splits=("dev",))
-    results = evaluate_run(run, mode=args.mode)
+    results = evaluate_run(run, run.model.to(device), mode=args.mode)
     print(format_table(results))
     if args.out:
         write_json(args.out, results)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import json
+
+    from .files import write_text
+    from .recipes.predict import predict_records, read_rows, text_example
+    from .recipes.run import check_task, open_run, resolve_device
+
+    if (args.input is None) == (args.text is None):
+        raise ValueError("pass either --input FILE.jsonl or --text TEXT")
+    device = resolve_device(args.device)
+    run, _ = open_run(args.adapter, args.set)
+    check_task(run, args.task, with_head=True)
+    task = next(t for t in run.tasks if t.name == args.task)
+    examples = read_rows(Path(args.input), task) if args.input else [text_example(task, args.text)]
+    run.model.to(device)
+    mode = args.mode or run.config.eval_mode
+    if mode == "generate" and run.family.name == "encoder":
+        raise ValueError("--mode generate needs a decoder or seq2seq model; encoders score their labels")
+    records = predict_records(run, args.task, examples, mode, args.batch_size)
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+    if args.out:
+        write_text(args.out, lines)
+    else:
+        sys.stdout.write(lines)
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
@@ -49,9 +76,15 @@ def cmd_merge(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .recipes.run import export_task, open_run
+    from .recipes.run import export_all_tasks, export_task, open_run
 
+    if args.all_tasks and args.task:
+        raise ValueError("pass --task T or --all-tasks, not both")
     run, _ = open_run(args.adapter, args.set)
+    if args.all_tasks:
+        for path in export_all_tasks(run, Path(args.out)):
+            print(f"PEFT LoRA adapter for task {path.name!r} written to {path}")
+        return
     path = export_task(run, args.task, Path(args.out))
     print(f"PEFT LoRA adapter for task {args.task!r} written to {path}")
 
@@ -122,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rankmix {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def device(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or mps")
+
     def add(name: str, fn, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(fn=fn)
@@ -138,10 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="recipe YAML (see configs/)")
     p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
     p.add_argument("--no-progress", action="store_true")
+    device(p)
     p = add("eval", cmd_eval, "evaluate a trained adapter on the dev split of its tasks")
     p.add_argument("adapter", help="a run folder or its adapter/ folder")
     p.add_argument("--mode", choices=["score", "generate"])
     p.add_argument("--out", help="write the results to this JSON file")
+    device(p)
+    p = add("predict", cmd_predict, "predict one task's labels (or text) for new inputs, as JSON lines")
+    p.add_argument("adapter", help="a run folder or its adapter/ folder")
+    p.add_argument("--task", required=True, help="the task to predict")
+    p.add_argument("--input", help="a JSON-lines file, one row per input with the task's text fields")
+    p.add_argument("--text", help="one input text (for a task that takes one text)")
+    p.add_argument("--out", help="write the JSON lines to this file instead of stdout")
+    p.add_argument("--mode", choices=["score", "generate"], help="default: the run's eval_mode")
+    p.add_argument("--batch-size", type=int, default=16)
+    device(p)
     for name, fn, what in (
         ("merge", cmd_merge, "merge one task's adapter into a plain model"),
         ("export-lora", cmd_export, "export one task's adapter as a PEFT LoRA"),
@@ -150,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("adapter", help="a run folder or its adapter/ folder")
         p.add_argument("--task", help="task name (not needed for LoRA)")
         p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--all-tasks", action="store_true", help="one adapter per task, in OUT/<task>/")
     p = add("inspect", cmd_inspect, "parameter counts, per-layer allocation, selected ranks")
     p.add_argument("target", help="a recipe YAML or an adapter/run folder")
     p = add(

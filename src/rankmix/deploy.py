@@ -4,7 +4,6 @@ Only mergeable methods have one plain LoRA per task; token-routed experts depend
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,29 +46,28 @@ def merge_and_unload(model: RankMixModel, task: int | str | None = None) -> nn.M
 
 @torch.no_grad()
 def export_lora(model: RankMixModel, task: int | str | None, path: str | os.PathLike) -> Path:
-    """Write `task`'s adapter as a standard PEFT LoRA (per-module rank = the rank that task uses, scaling
-    folded into lora_B) that `peft.PeftModel.from_pretrained` loads."""
+    """Write `task`'s adapter as a standard PEFT LoRA that `peft.PeftModel.from_pretrained` and vLLM's
+    multi-LoRA serving load alike. Each module's scaling is folded into lora_B and every module is
+    zero-padded to the largest rank the task uses, so that one `lora_alpha` equal to `r` (a scale of 1)
+    holds everywhere: no `rank_pattern` or `alpha_pattern`, which vLLM does not read."""
     from peft import LoraConfig
 
     if not path:
         raise ValueError("pass path=... (a folder to write the PEFT adapter into)")
     t = resolve_task(model, task)
-    tensors, ranks, fan_in_fan_out = {}, {}, False
-    for name, m in model.adapted_modules():
-        a, b = m.task_factors(t)
-        tensors[f"base_model.model.{name}.lora_A.weight"] = a
-        tensors[f"base_model.model.{name}.lora_B.weight"] = b
-        ranks[re.escape(name)] = a.shape[0]
-        fan_in_fan_out |= m.fan_in_fan_out
-    top = max(ranks.values())
+    factors = {name: m.task_factors(t) for name, m in model.adapted_modules()}
+    top = max(a.shape[0] for a, _ in factors.values())
+    tensors = {}
+    for name, (a, b) in factors.items():
+        pad = top - a.shape[0]
+        tensors[f"base_model.model.{name}.lora_A.weight"] = torch.nn.functional.pad(a, (0, 0, 0, pad))
+        tensors[f"base_model.model.{name}.lora_B.weight"] = torch.nn.functional.pad(b, (0, pad))
     lora = LoraConfig(
         r=top,
         lora_alpha=top,
-        target_modules=[name for name, _ in model.adapted_modules()],
-        rank_pattern=dict(ranks),
-        alpha_pattern=dict(ranks),
+        target_modules=list(factors),
         lora_dropout=model.adapter_config.dropout,
-        fan_in_fan_out=fan_in_fan_out,
+        fan_in_fan_out=any(m.fan_in_fan_out for _, m in model.adapted_modules()),
         bias="none",
         base_model_name_or_path=base_model_name(model.base_model),
     )

@@ -70,6 +70,18 @@ class ModelFamily(abc.ABC):
         wrapped model on it gives `outputs.loss` (task loss plus the weighted aux losses)."""
 
     @abc.abstractmethod
+    def scores(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        task: Task,
+        task_ids: torch.Tensor,
+        examples: Sequence[Example],
+        max_length: int,
+    ) -> torch.Tensor:
+        """Per example of one batch: the probability of each label (classification, shape (batch,
+        labels)), or the predicted value (regression, shape (batch,))."""
+
     def predict(
         self,
         model: nn.Module,
@@ -81,6 +93,8 @@ class ModelFamily(abc.ABC):
         mode: str,
     ) -> list[float]:
         """One prediction per example of one batch: a class index, or a float for regression."""
+        values = self.scores(model, tokenizer, task, task_ids, examples, max_length)
+        return values.tolist() if task.regression else values.argmax(-1).tolist()
 
 
 class EncoderFamily(ModelFamily):
@@ -101,10 +115,10 @@ class EncoderFamily(ModelFamily):
         out["task_ids"] = torch.tensor([t for t, _ in batch], dtype=torch.long)
         return out
 
-    def predict(self, model, tokenizer, task, task_ids, examples, max_length, mode):
+    def scores(self, model, tokenizer, task, task_ids, examples, max_length):
         enc = {k: v.to(task_ids.device) for k, v in encode_encoder(tokenizer, examples, max_length).items()}
-        logits = model(**enc, task_ids=task_ids).logits[:, : task.num_labels]
-        return logits.squeeze(-1).tolist() if task.regression else logits.argmax(-1).tolist()
+        logits = model(**enc, task_ids=task_ids).logits[:, : task.num_labels].float()
+        return logits.squeeze(-1) if task.regression else logits.softmax(-1)
 
 
 class GenerativeFamily(ModelFamily):
@@ -125,11 +139,14 @@ class GenerativeFamily(ModelFamily):
 
     def predict(self, model, tokenizer, task, task_ids, examples, max_length, mode):
         if mode == "generate":
-            return self._generate(model, tokenizer, task, task_ids, examples, max_length)
-        return self._score_candidates(model, tokenizer, task, task_ids, examples, max_length)
+            texts = self.generate(model, tokenizer, task, task_ids, examples, max_length)
+            return [parse_answer(task, text) for text in texts]
+        return super().predict(model, tokenizer, task, task_ids, examples, max_length, mode)
 
-    def _score_candidates(self, model, tokenizer, task, ids, chunk, max_length) -> list[float]:
-        cands = candidates(task)
+    def scores(self, model, tokenizer, task, task_ids, examples, max_length):
+        """Each candidate answer's likelihood, normalised over the candidates; for regression, the
+        expected value over the candidate scores."""
+        ids, chunk, cands = task_ids, examples, candidates(task)
         prompts = [task.prompt(e) for e in chunk for _ in cands]
         answers = cands * len(chunk)
         device = ids.device
@@ -137,13 +154,21 @@ class GenerativeFamily(ModelFamily):
         labels = batch.pop("labels")
         extra = {"labels": labels} if self.labels_build_decoder_inputs else {}
         logits = model(**batch, **extra, task_ids=ids.repeat_interleave(len(cands))).logits
-        scores = answer_logprob(logits, labels, shift=self.shift).view(len(chunk), len(cands))
+        probs = answer_logprob(logits, labels, shift=self.shift).view(len(chunk), len(cands)).softmax(-1)
         if task.regression:
-            values = torch.tensor([float(c) for c in cands], device=device)
-            return (scores.softmax(-1) * values).sum(-1).tolist()
-        return scores.argmax(-1).float().tolist()
+            return (probs * torch.tensor([float(c) for c in cands], device=device)).sum(-1)
+        return probs
 
-    def _generate(self, model, tokenizer, task, ids, chunk, max_length) -> list[float]:
+    def generate(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        task: Task,
+        ids: torch.Tensor,
+        chunk: Sequence[Example],
+        max_length: int,
+    ) -> list[str]:
+        """The text the model generates after each example's prompt (greedy, a few tokens)."""
         prompts = [task.prompt(e) for e in chunk]
         side = tokenizer.padding_side
         tokenizer.padding_side = self.prompt_padding_side
@@ -159,8 +184,7 @@ class GenerativeFamily(ModelFamily):
         )
         if self.generation_repeats_prompt:
             out = out[:, enc["input_ids"].shape[1] :]
-        texts = tokenizer.batch_decode(out, skip_special_tokens=True)
-        return [parse_answer(task, text) for text in texts]
+        return tokenizer.batch_decode(out, skip_special_tokens=True)
 
 
 class DecoderFamily(GenerativeFamily):

@@ -30,7 +30,7 @@ from .sharding import full_tensor
 RUN_CONFIG = "run.yaml"
 ADAPTER_DIR = "adapter"
 HEADS_NAME = "heads.safetensors"
-TASK_HEAD_NAME = "task_head.safetensors"
+TASK_HEAD_NAME, TASK_HEAD_CONFIG = "task_head.safetensors", "task_head.json"
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
 METRICS = "metrics.jsonl"
@@ -153,7 +153,7 @@ def open_run(folder: str | Path, overrides: list[str], splits: tuple[str, ...] =
         raise FileNotFoundError(
             f"{path} holds no {RUN_CONFIG}: pass a run folder or its {ADAPTER_DIR}/ folder"
         )
-    cfg = load_run_config(path / RUN_CONFIG, overrides)
+    cfg = load_run_config(path / RUN_CONFIG, overrides, paths_from_file=True)
     cfg.method = read_adapter_config(path)["adapter"]  # complete, unlike a recipe that relied on defaults
     run = prepare(cfg, splits)
     load_adapter(run, path)
@@ -178,6 +178,21 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
             f"{out} holds a trained adapter but no {CHECKPOINT} to resume from, and a fresh run would "
             "replace it; pass --overwrite to train afresh there, or choose another output_dir"
         )
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: CUDA when present, else the CPU; a device asked for by name must be there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    present = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name not in present:
+        raise ValueError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    if not present[name]:
+        raise ValueError(f"--device {name}: there is no {name} device here; use --device cpu or auto")
+    return torch.device(name)
 
 
 def check_task(run: Run, task: str | None, with_head: bool = False) -> None:
@@ -207,6 +222,15 @@ def check_finite(run: Run) -> None:
         )
 
 
+def save_task_head(run: Run, task: str, folder: Path) -> None:
+    """An encoder task's head beside its merged model or exported adapter: the Linear's weights, and how
+    to apply it (mean pooling over the attention mask, then the Linear; README: "Exported adapters")."""
+    t = [x.name for x in run.tasks].index(task)
+    save_tensors(folder / TASK_HEAD_NAME, run.heads[t].state_dict())
+    meta = {"task": task, "pooling": "mean", "regression": run.tasks[t].regression}
+    write_json(folder / TASK_HEAD_CONFIG, meta | {"labels": list(run.tasks[t].labels)})
+
+
 def merge_task(run: Run, task: str | None, out: Path) -> Path:
     """A plain model for `task` (adapter folded in) with its tokenizer, and the task's head if any."""
     check_task(run, task, with_head=True)
@@ -216,16 +240,23 @@ def merge_task(run: Run, task: str | None, out: Path) -> Path:
     plain.save_pretrained(out)
     run.tokenizer.save_pretrained(out)
     if heads is not None:  # the task's head travels beside the merged encoder
-        head = heads[[t.name for t in run.tasks].index(task)]
-        save_tensors(out / TASK_HEAD_NAME, head.state_dict())
+        save_task_head(run, task, out)
     return out
 
 
 def export_task(run: Run, task: str | None, out: Path) -> Path:
-    """`task`'s adapter as a stock PEFT LoRA."""
-    check_task(run, task)
+    """`task`'s adapter as a stock PEFT LoRA; for an encoder, with the task's head beside it."""
+    check_task(run, task, with_head=True)
     check_finite(run)
-    return run.adapted.export_lora(task=task, path=out)
+    path = run.adapted.export_lora(task=task, path=out)
+    if run.heads is not None:
+        save_task_head(run, task, path)
+    return path
+
+
+def export_all_tasks(run: Run, out: Path) -> list[Path]:
+    """One stock PEFT adapter (and head) per task, in out/<task>/."""
+    return [export_task(run, task.name, out / task.name) for task in run.tasks]
 
 
 def parameters(run: Run) -> dict[str, int]:

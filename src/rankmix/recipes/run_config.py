@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,15 @@ class TrainConfig:
             )
 
 
+PATH_KEYS = ("output_dir", "model", "data_dir")  # a local path each, or (model) a name or a hub id
+
+
+def _absolute(value: str, base: Path) -> str:
+    """`value` made absolute where it names something that exists under `base`; else as it is."""
+    path = base / value
+    return str(path.resolve()) if not Path(value).is_absolute() and path.exists() else value
+
+
 @dataclass
 class RunConfig:
     model: str = field(metadata={"help": "a model folder or hub id, or 'minilm' / 'smollm2' (packaged)"})
@@ -143,8 +153,32 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def resolve_paths(self, base: Path) -> None:
+        """Make local paths absolute: a relative one names a file or folder under `base` (the working
+        directory when training starts; a run.yaml's own folder when a run folder is opened), where one
+        exists there. Packaged model names and hub ids stay as they are."""
+
+        for key in PATH_KEYS:
+            if getattr(self, key) is not None:
+                setattr(self, key, _absolute(getattr(self, key), base))
+        self.custom_tasks = [_absolute(p, base) for p in self.custom_tasks]
+
     def save(self, path: str | Path) -> None:
-        write_yaml(path, self.to_dict())
+        """Write the config. The run folder (output_dir) and paths inside it are written relative to the
+        file's folder, and others stay absolute, so that a run folder works when moved or copied."""
+        here, root = Path(path).parent.resolve(), Path(self.output_dir).resolve()
+
+        def portable(value: str) -> str:
+            resolved = Path(value).resolve()
+            return os.path.relpath(resolved, here) if resolved.is_relative_to(root) else value
+
+        data = self.to_dict()
+        data["output_dir"] = portable(self.output_dir)
+        for key in ("model", "data_dir"):
+            if data[key] is not None and Path(data[key]).is_absolute():
+                data[key] = portable(data[key])
+        data["custom_tasks"] = [portable(p) if Path(p).is_absolute() else p for p in self.custom_tasks]
+        write_yaml(path, data)
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -177,14 +211,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a recipe YAML, apply overrides, validate every key (unknown keys get a 'did you mean')."""
+def load_run_config(
+    path: str | Path, overrides: list[str] | None = None, paths_from_file: bool = False
+) -> RunConfig:
+    """Read a recipe YAML, apply overrides, validate every key (unknown keys get a 'did you mean').
+    `paths_from_file` (a run folder's run.yaml): the file's relative paths are relative to its folder;
+    an override's, like a recipe's, to the working directory."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {path} not found; the ready recipes are in configs/")
     data = read_yaml(read_utf8(path, "recipe"), f"recipe {path}")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a recipe is a YAML mapping (model:, tasks:, method:, train: ...)")
+    if paths_from_file:
+        for key in PATH_KEYS:
+            if isinstance(data.get(key), str):
+                data[key] = _absolute(data[key], path.parent)
     data = apply_overrides(data, overrides or [])
     if isinstance(data.get("custom_tasks"), list):  # relative to the recipe, kept absolute in run.yaml
         data["custom_tasks"] = [str((path.parent / p).resolve()) for p in data["custom_tasks"]]

@@ -4,6 +4,7 @@ terms). The run (run.py) and its checkpoints (checkpoint.py) live beside it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -32,6 +33,7 @@ from .run import (
     check_output_dir,
     evaluate_run,
     prepare,
+    resolve_device,
     results,
     save_adapter,
     write_results,
@@ -139,8 +141,9 @@ def param_groups(run: Run) -> list[dict]:
     return groups
 
 
-def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dict:
-    """Train, evaluate every `eval_every` steps and at the end, keep the best adapter; returns results."""
+def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device: str = "auto") -> dict:
+    """Train, evaluate every `eval_every` steps and at the end, keep the best adapter; returns results.
+    `device`: auto (CUDA when present), cpu, cuda or mps."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import gather_object
     from torch.utils.tensorboard import SummaryWriter
@@ -148,13 +151,17 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
     from transformers import get_linear_schedule_with_warmup
 
     start_time = time.time()
+    cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir).resolve()))
+    cfg.resolve_paths(Path.cwd())  # the run folder then works from any working directory
     out = Path(cfg.output_dir)
     checkpoint = out / CHECKPOINT
     check_output_dir(out, overwrite)
+    on_cpu = resolve_device(device).type == "cpu"
     run = prepare(cfg)  # bad input fails here, before anything on disk changes
     t = cfg.train
 
-    # cpu=True when no GPU is present, so that torchrun / accelerate launch on CPUs run data-parallel (gloo)
+    # cpu=True on CPUs (no GPU present, or --device cpu), so that torchrun / accelerate launch run
+    # data-parallel there (gloo)
     # broadcast_buffers=False: every process loads the same base, and the routers' load counters are
     # each process's own (summed over processes when logged), not rank 0's copied into the others
     ddp = DistributedDataParallelKwargs(
@@ -165,7 +172,7 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True) -> dic
     fsdp = take_fsdp_request()  # before accelerate reads it
     accelerator = Accelerator(
         mixed_precision=t.mixed_precision,
-        cpu=not torch.cuda.is_available(),
+        cpu=on_cpu,
         kwargs_handlers=[ddp],
         step_scheduler_with_optimizer=False,
     )

@@ -24,7 +24,8 @@ Reader = Callable[[Path, str, bool], tuple[list[Example], int]]
 class Task:
     """A benchmark task. `labels` are the class names as the data stores them; `label_words` the answers
     a decoder or T5 model is trained to produce (same order); `template` formats the prompt from
-    {text_a} and {text_b}. Regression tasks have no labels and answer with the score."""
+    {text_a} and {text_b}. Regression tasks have no labels and answer with the score. `text_fields` name
+    the keys of a JSON row to predict on (`rankmix predict`): a custom task's own, else text_a, text_b."""
 
     name: str
     labels: tuple[str, ...]
@@ -34,6 +35,7 @@ class Task:
     reader: Reader = field(repr=False, compare=False)
     hub: Reader | None = field(default=None, repr=False, compare=False)
     regression: bool = False
+    text_fields: tuple[str, ...] = ("text_a", "text_b")
 
     @property
     def num_labels(self) -> int:

@@ -149,6 +149,7 @@ def load_custom_task(path: str | Path) -> Task:
     template = _template(spec, pair, where)
     convert = columns(text_fields[0], text_fields[1] if pair else None, label_field)
     reader = json_reader(files, convert, labels, has_b=pair, hint=f"named in {where}")
-    task = register_task(Task(name, labels, words, metrics, template, reader, reader, regression=regression))
+    task = Task(name, labels, words, metrics, template, reader, reader, regression, tuple(text_fields))
+    task = register_task(task)
     _LOADED[key] = task
     return task

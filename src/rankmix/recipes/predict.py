@@ -1,0 +1,74 @@
+"""Prediction on new text with a trained run: JSON rows in, one JSON record per row out, batched."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..files import read_utf8
+from ..tasks.base import Example, Task
+from .run import Run
+
+
+def read_rows(path: Path, task: Task) -> list[Example]:
+    """Examples from a JSON-lines file whose rows hold the task's text fields; an unusable row is an
+    error naming its line, raised before any prediction."""
+    first, second = (*task.text_fields, None)[:2]
+    pair = "{text_b}" in task.template
+    examples = []
+    for number, line in enumerate(read_utf8(path, "input file").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({e})") from None
+        wanted = [first, second] if pair else [first]
+        if not isinstance(row, dict) or any(not isinstance(row.get(k), str) for k in wanted):
+            raise ValueError(
+                f"{path}, line {number}: task {task.name} needs a JSON object with the text field(s) "
+                f"{', '.join(repr(k) for k in wanted)}"
+            )
+        examples.append(Example(row[first], row[second] if pair else None, 0))
+    if not examples:
+        raise ValueError(f"{path} holds no rows to predict on")
+    return examples
+
+
+def text_example(task: Task, text: str) -> Example:
+    if "{text_b}" in task.template:
+        raise ValueError(
+            f"task {task.name} takes two texts: pass them as rows of a JSON-lines file (--input), with "
+            f"the fields {', '.join(task.text_fields[:2])}"
+        )
+    return Example(text, None, 0)
+
+
+@torch.no_grad()
+def predict_records(
+    run: Run, task_name: str, examples: Sequence[Example], mode: str, batch_size: int
+) -> Iterator[dict[str, Any]]:
+    """One record per example: the label and its probability (classification), the value (regression),
+    or the generated text and the label read from it (mode "generate")."""
+    t = next(i for i, task in enumerate(run.tasks) if task.name == task_name)
+    task, family, model = run.tasks[t], run.family, run.model.eval()
+    device = next(p.device for p in model.parameters())
+    max_length = run.config.train.max_length
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        ids = torch.full((len(chunk),), t, dtype=torch.long, device=device)
+        if mode == "generate":
+            for text in family.generate(model, run.tokenizer, task, ids, chunk, max_length):
+                yield {"text": text}
+            continue
+        scores = family.scores(model, run.tokenizer, task, ids, chunk, max_length)
+        for row in scores.tolist():
+            if task.regression:
+                yield {"score": row}
+            else:
+                best = max(range(len(row)), key=row.__getitem__)
+                yield {"label": task.labels[best], "score": row[best]}
