@@ -22,10 +22,24 @@ class MultiTaskHeads(nn.Module):
         self.regression = list(regression)
         self.width = max(num_labels)
 
-    def forward(self, task_ids: torch.Tensor, labels: torch.Tensor | None = None, **inputs) -> ModelOutput:
-        out = self.body(**inputs, task_ids=task_ids)
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        task_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **inputs,
+    ) -> ModelOutput:
+        """Logits per example for its task's head (and the loss, given labels). The inputs are named so
+        that transformers' Trainer keeps those dataset columns."""
+        if task_ids is None or attention_mask is None:
+            raise ValueError("pass task_ids and attention_mask: each example goes to its task's head")
+        body_inputs = {"input_ids": input_ids, "token_type_ids": token_type_ids} | inputs
+        body_inputs = {k: v for k, v in body_inputs.items() if v is not None}
+        out = self.body(**body_inputs, attention_mask=attention_mask, task_ids=task_ids)
         hidden = out.last_hidden_state
-        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
         logits = pooled.new_full((pooled.shape[0], self.width), float("-inf"))
         losses = []

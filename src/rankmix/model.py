@@ -75,8 +75,30 @@ def find_targets(model: nn.Module, target_modules: str | list[str]) -> list[str]
     return sorted(chosen, key=lambda n: [int(p) if p.isdigit() else p for p in n.split(".")])
 
 
+def _drop_frozen_base(module: RankMixModel, state: dict, prefix: str, local_metadata: dict) -> None:
+    own = module.own_state_keys()
+    for key in [k for k in state if k.startswith(prefix) and k[len(prefix) :] not in own]:
+        del state[key]
+
+
+def _allow_missing_frozen_base(module: RankMixModel, incompatible: Any) -> None:
+    own = module.own_state_keys()
+    incompatible.missing_keys[:] = [
+        k for k in incompatible.missing_keys if "base_model." not in k or _within(k) in own
+    ]
+
+
+def _within(key: str) -> str:
+    """A key of the full model's state dict as RankMixModel names it (from its `base_model.` on)."""
+    return "base_model." + key.split("base_model.", 1)[1]
+
+
 class RankMixModel(nn.Module):
-    """A Hugging Face model with rankmix adapters. Call it like the base model, plus `task_ids`."""
+    """A Hugging Face model with rankmix adapters. Call it like the base model, plus `task_ids`.
+
+    Its state dict holds what the adapter adds and trains, not the frozen base weights (those are the
+    base model's), and loading one does not ask for them: so a transformers Trainer checkpoint of it
+    is the adapter, as for a PEFT model, and tied base weights never reach a file."""
 
     def __init__(self, model: nn.Module, config: AdapterConfig) -> None:
         super().__init__()
@@ -94,6 +116,17 @@ class RankMixModel(nn.Module):
             p.requires_grad_(False)
         for name, ranks in plan.items():
             self._inject(name, ranks)
+        self.register_state_dict_post_hook(_drop_frozen_base)
+        self.register_load_state_dict_post_hook(_allow_missing_frozen_base)
+
+    def own_state_keys(self) -> set[str]:
+        """The state-dict keys of what the adapter adds (banks, routers) and of any trainable parameter;
+        the others are the frozen base model's."""
+        own = {n for n, p in self.named_parameters() if p.requires_grad}
+        for name, m in self.adapted_modules():
+            for part in ("bank", "router"):
+                own |= {f"base_model.{name}.{part}.{k}" for k in getattr(m, part).state_dict(keep_vars=True)}
+        return own
 
     def _expert_ranks(self, name: str, n_layers: int) -> list[int]:
         config = self.adapter_config
@@ -181,8 +214,33 @@ class RankMixModel(nn.Module):
         finally:
             self._context.collect = False
 
-    def forward(self, *args: Any, task_ids: TaskIds = None, **kwargs: Any) -> Any:
-        with self._routing(task_ids, collect=True, token_mask=kwargs.get("attention_mask")):
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *args: Any,
+        token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        task_ids: TaskIds = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The base model's forward, routed for `task_ids`. The inputs models commonly take are named, so
+        that transformers' Trainer keeps those dataset columns (it drops what forward does not name); the
+        ones given reach the base model, the others stay unset."""
+        named = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+            "inputs_embeds": inputs_embeds,
+            "labels": labels,
+            "decoder_input_ids": decoder_input_ids,
+            "decoder_attention_mask": decoder_attention_mask,
+        }
+        kwargs.update({k: v for k, v in named.items() if v is not None})
+        with self._routing(task_ids, collect=True, token_mask=attention_mask):
             outputs = self.base_model(*args, **kwargs)
             aux = self._context.aux
             self._context.aux = []

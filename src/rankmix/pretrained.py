@@ -32,4 +32,9 @@ def load_smollm2(**kwargs) -> nn.Module:
     """SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576), dequantized from the packaged GGUF file."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF, **kwargs)
+    # the weights are dequantized to full precision: not a quantized model (Trainer refuses to train
+    # those), and merged or saved copies must not claim a GGUF quantization
+    model.is_quantized, model.hf_quantizer = False, None
+    del model.config.quantization_config
+    return model

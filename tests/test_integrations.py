@@ -1,0 +1,79 @@
+"""transformers' Trainer on a RankMixModel, through examples/trainer.py, on a tiny random Llama with tied
+embeddings: the task column reaches the adapters, the loss falls, checkpoints hold the adapter only and
+resume, and the saved adapter reproduces the trained model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import build_base, word_tokenizer
+from rankmix import RankMixModel
+from rankmix.tasks.synthetic import synthetic_tasks
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+def _example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A word tokenizer knowing the demo tasks' words, and a builder of tiny Llamas with tied embeddings."""
+    corpus = []
+    for task in synthetic_tasks():
+        examples = task.load("train")[0][:200]
+        corpus += [task.prompt(e) + " " + task.answer(e.label) for e in examples]
+    tokenizer = word_tokenizer(corpus, specials=["[PAD]", "[UNK]", "<s>", "</s>"], template="llama")
+
+    def base():
+        torch.manual_seed(0)
+        return build_base(
+            "llama",
+            vocab=len(tokenizer),
+            max_position_embeddings=128,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+            tie_word_embeddings=True,
+        )
+
+    return tokenizer, base
+
+
+def test_trainer_trains_checkpoints_the_adapter_only_and_resumes(tiny, tmp_path):
+    trainer_example = _example("trainer")
+    tokenizer, base = tiny
+    settings = {"learning_rate": 1e-2, "logging_steps": 1, "save_steps": 4, "seed": 0}
+    model, trainer = trainer_example.train(base(), tokenizer, tmp_path / "whole", steps=8, **settings)
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    assert len(losses) == 8 and sum(losses[-2:]) < sum(losses[:2])  # it learns
+
+    checkpoint = load_file(tmp_path / "whole" / "checkpoint-4" / "model.safetensors")
+    assert set(checkpoint) == model.own_state_keys()  # the adapter: no base weight, tied or not
+    assert all((".bank." in k or ".router." in k) for k in checkpoint)
+
+    # resumed from the step-4 checkpoint (on a fresh base: the checkpoint restores the adapter), a
+    # second run ends where the uninterrupted one did
+    resume = str(tmp_path / "whole" / "checkpoint-4")
+    resumed, _ = trainer_example.train(base(), tokenizer, tmp_path / "resumed", 8, resume, **settings)
+    for key, value in model.state_dict().items():
+        assert torch.allclose(resumed.state_dict()[key], value, atol=1e-6), key
+
+    # the final adapter, in rankmix's format, reproduces the trained model
+    loaded = RankMixModel.from_pretrained(base(), tmp_path / "whole" / "adapter").eval()
+    assert json.loads((tmp_path / "whole" / "adapter" / "adapter_config.json").read_text())["adapter"]
+    batch = tokenizer(["the food was not bad"], return_tensors="pt")
+    with torch.no_grad():
+        want = model.eval()(**batch, task_ids=[2]).logits
+        got = loaded(**batch, task_ids=[2]).logits
+    assert torch.allclose(got, want, atol=1e-5)
