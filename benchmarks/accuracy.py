@@ -130,6 +130,8 @@ GLUE_MORE_STUDY = (
     _glue("more", "more-no-ls-spread", *NO_LS_A32, *SPREAD_SELECTOR),
     _glue("more", "more-no-ls-a16", "method.alpha=16", *NO_LS, *PAPER_SELECTOR),
     _glue("more", "more-no-ls-a16-spread", "method.alpha=16", *NO_LS, *SPREAD_SELECTOR),
+    # every task starts at the largest rank (MoRE is then LoRA r=8) and moves from there
+    _glue("more", "more-start-max", "method.alpha=16", *NO_LS, "method.start_at_max_rank=true"),
     _glue("more", "more-paper-scaling-spread", *PAPER_SCALING, *SPREAD_SELECTOR),
     _glue(
         "more",

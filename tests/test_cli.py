@@ -373,7 +373,7 @@ def test_run_folder_of_an_older_rankmix_still_evaluates(runs, tmp_path):
     run = copy_run(runs.get("decoder")[0], tmp_path / "old")
     config_file = run / "adapter" / "adapter_config.json"
     meta = json.loads(config_file.read_text())
-    for added in ("task_embedding_std", "zero_gate_bias", "learn_selection"):
+    for added in ("task_embedding_std", "zero_gate_bias", "learn_selection", "start_at_max_rank"):
         meta["adapter"].pop(added)
     config_file.write_text(json.dumps(meta))
     recipe = yaml.safe_load((run / "adapter" / "run.yaml").read_text())

@@ -480,6 +480,22 @@ def test_rank_selector_initialisation_options():
     assert len(set(spread.selected().tolist())) > 1
 
 
+def test_rank_selector_starting_at_the_largest_rank_can_leave_it():
+    """start_at_max_rank: every task first selects the largest expert, whatever its embedding; the
+    straight-through gradient can then move a task to another rank."""
+    torch.manual_seed(0)
+    sel = TaskRankSelector(16, 3, 4, start_at_max_rank=True)
+    assert sel.selected().tolist() == [3, 3, 3]
+    optimizer = torch.optim.SGD(sel.parameters(), lr=1.0)
+    x, ids = torch.randn(6, 5, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+    for _ in range(3):  # a loss that rewards expert 1's gate for task 0
+        gates, _ = sel(x, ids)
+        optimizer.zero_grad()
+        (-gates[ids == 0, ..., 1].sum()).backward()
+        optimizer.step()
+    assert sel.selected()[0] == 1
+
+
 def test_rank_selector_without_learned_selection_keeps_its_first_choice():
     """learn_selection=False (the official code's effective behaviour): the first random task-to-rank map
     is used in every forward pass, no gradient reaches the gate, while the contrastive loss still trains

@@ -377,6 +377,7 @@ def test_paper_recipe_keeps_every_more_option_at_the_papers_value():
         "linear_scaling": True,
         "task_embedding_std": 0.01,
         "zero_gate_bias": False,
+        "start_at_max_rank": False,
         "learn_selection": True,
         "pooling": "first",
         "contrastive_weight": 0.1,

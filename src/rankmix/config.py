@@ -312,6 +312,13 @@ class MoREConfig(AdapterConfig):
         default=False,
         metadata={"help": "start the selector's gate bias at zero (paper: PyTorch's default init)"},
     )
+    start_at_max_rank: bool = field(
+        default=False,
+        metadata={
+            "help": "every task starts at the largest rank (a gate-bias head start of 0.1, which the "
+            "straight-through gradient can overturn); default: the random gate's choice, as the paper"
+        },
+    )
 
     def validate(self) -> None:
         super().validate()

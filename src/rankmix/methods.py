@@ -106,6 +106,7 @@ register(
             config.task_embedding_std,
             config.zero_gate_bias,
             config.learn_selection,
+            config.start_at_max_rank,
         ),
         task_routed=True,
         nested=True,

@@ -99,6 +99,9 @@ class TaskRouter(nn.Module):
         return float(sum(ranks)) if self.soft else sum(ranks) / len(ranks)
 
 
+MAX_RANK_HEAD_START = 0.1
+
+
 class TaskRankSelector(nn.Module):
     """MoRE's adaptive rank selector: per-task embedding, softmax gate over nested experts, top-1 with a
     straight-through estimator (forward uses weight exactly 1 on the chosen expert, gradient reaches the
@@ -114,14 +117,18 @@ class TaskRankSelector(nn.Module):
         embedding_std: float = 0.01,
         zero_gate_bias: bool = False,
         learn_selection: bool = True,
+        start_at_max_rank: bool = False,
     ) -> None:
         super().__init__()
         if pooling not in ("first", "mean"):
             raise ValueError(f"pooling must be 'first' or 'mean', got {pooling!r}")
         self.task_embedding = nn.Parameter(torch.randn(n_tasks, d_in) * embedding_std)
         self.gate = nn.Linear(d_in, n_experts)
-        if zero_gate_bias:  # no built-in preference for one rank: the task embeddings decide
+        if zero_gate_bias or start_at_max_rank:  # no built-in preference: the task embeddings decide
             nn.init.zeros_(self.gate.bias)
+        if start_at_max_rank:  # ahead of every gate logit the embeddings give at initialisation (~0.01)
+            with torch.no_grad():
+                self.gate.bias[-1] = MAX_RANK_HEAD_START
         self.temperature = temperature
         self.pooling = pooling
         if not learn_selection:  # the official code's effective behaviour: the first random choice, kept
