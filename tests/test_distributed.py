@@ -42,9 +42,11 @@ def _tiny_llama(folder: Path, data_dir: Path) -> None:
     fast.save_pretrained(folder)
 
 
-def test_torchrun_two_processes(tmp_path, glue_data):
-    """Two gloo workers train together: results say 2 processes, only the main process prints, and the
-    saved adapter loads and was trained (not the zero initialisation)."""
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_train_together(tmp_path, glue_data, launcher):
+    """Two gloo workers train together, under torchrun or under `accelerate launch` with the shipped
+    configs/accelerate/ddp.yaml: results say 2 processes, only the main process prints, and the saved
+    adapter loads and was trained (not the zero initialisation)."""
     _tiny_llama(tmp_path / "model", glue_data)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
@@ -67,10 +69,14 @@ def test_torchrun_two_processes(tmp_path, glue_data):
             }
         )
     )
-    torchrun = Path(sys.executable).with_name("torchrun")
+    if launcher == "torchrun":
+        command = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2"]
+    else:
+        config = Path(__file__).parents[1] / "configs" / "accelerate" / "ddp.yaml"
+        command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "-m", "rankmix.cli", "train", str(recipe), "--no-progress"],
+        [*command, "-m", "rankmix.cli", "train", str(recipe), "--no-progress"],
         capture_output=True,
         text=True,
         env=env,
