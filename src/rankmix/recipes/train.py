@@ -160,16 +160,15 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device
     run = prepare(cfg)  # bad input fails here, before anything on disk changes
     t = cfg.train
 
-    # cpu=True on CPUs (no GPU present, or --device cpu), so that torchrun / accelerate launch run
-    # data-parallel there (gloo)
     # broadcast_buffers=False: every process loads the same base, and the routers' load counters are
     # each process's own (summed over processes when logged), not rank 0's copied into the others
     ddp = DistributedDataParallelKwargs(
         find_unused_parameters=run.family.find_unused_parameters, broadcast_buffers=False
     )
-    # step_scheduler_with_optimizer=False: accelerate would otherwise step the schedule once per process
-    # per step, so that 2 processes would warm up and decay twice as fast as the recipe says
     fsdp = take_fsdp_request()  # before accelerate reads it
+    # cpu=True on CPUs (no GPU present, or --device cpu), so that torchrun / accelerate launch run
+    # data-parallel there (gloo). step_scheduler_with_optimizer=False: accelerate would otherwise step
+    # the schedule once per process per step, so 2 processes would warm up and decay twice as fast
     accelerator = Accelerator(
         mixed_precision=t.mixed_precision,
         cpu=on_cpu,
