@@ -28,7 +28,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
 
 quickstart: $(VENV)/.minilm
 	$(VENV)/bin/rankmix quickstart
