@@ -54,8 +54,10 @@ def _glue(method: str, name: str | None = None, *overrides: str) -> Variant:
     return Variant(name or method, f"configs/glue-minilm-{method}.yaml", overrides)
 
 
-PAPER_SELECTOR = ("method.zero_gate_bias=false", "method.task_embedding_std=0.01")
-SPREAD_SELECTOR = ("method.zero_gate_bias=true", "method.task_embedding_std=1")
+# the selector's start is named in every study variant (the default became start_at_max_rank=true)
+RANDOM_START = "method.start_at_max_rank=false"
+PAPER_SELECTOR = ("method.zero_gate_bias=false", "method.task_embedding_std=0.01", RANDOM_START)
+SPREAD_SELECTOR = ("method.zero_gate_bias=true", "method.task_embedding_std=1", RANDOM_START)
 NO_LS = ("method.linear_scaling=false",)
 # The paper's scaling: (j/R)^2 damping at alpha 32. MoRE's defaults drop it (BENCHMARKS.md: MoRE study);
 # the study variants name alpha and linear scaling explicitly, so they keep measuring the same settings.
@@ -72,10 +74,12 @@ GLUE = (
     _glue("more"),
 )
 ABLATIONS = (
-    _glue("more", "more-paper-scaling", *PAPER_SCALING),
+    _glue("more", "more-paper-scaling", *PAPER_SCALING, RANDOM_START),
     _glue("more", "more-no-contrastive", "method.contrastive_weight=0"),
     _glue("more", "more-max-rank-only", "method.ranks=[8]"),
-    _glue("more", "more-frozen-map", "method.learn_selection=false"),
+    # the official code's effective behaviour: a random task-to-rank map, kept
+    _glue("more", "more-frozen-map", "method.learn_selection=false", RANDOM_START),
+    _glue("more", "more-random-start", RANDOM_START),
     _glue("more", "more-mixed-batches", "train.batch_mode=mixed"),
     _glue("hilo", "hilo-uniform-experts", "method.experts=5555"),
 )
@@ -93,11 +97,9 @@ QUICKSTART = "configs/quickstart.yaml"
 # MoRE's selector and scaling on the quickstart's toy tasks (80 steps, as `rankmix quickstart` trains)
 TOY = (
     Variant("lora", QUICKSTART, ("train.steps=80", "method={method: lora, r: 8, alpha: 16, dropout: 0.1}")),
-    Variant("more-paper", QUICKSTART, ("train.steps=80", *PAPER_SCALING)),
-    Variant("more-no-ls", QUICKSTART, ("train.steps=80", *NO_LS_A32)),
-    Variant(
-        "more-no-ls-a16", QUICKSTART, ("train.steps=80", "method.linear_scaling=false", "method.alpha=16")
-    ),
+    Variant("more-paper", QUICKSTART, ("train.steps=80", *PAPER_SCALING, RANDOM_START)),
+    Variant("more-no-ls", QUICKSTART, ("train.steps=80", *NO_LS_A32, RANDOM_START)),
+    Variant("more-no-ls-a16", QUICKSTART, ("train.steps=80", *NO_LS, "method.alpha=16", RANDOM_START)),
     Variant(
         "more-no-ls-spread",
         QUICKSTART,
@@ -106,6 +108,7 @@ TOY = (
             *NO_LS_A32,
             "method.zero_gate_bias=true",
             "method.task_embedding_std=1",
+            RANDOM_START,
         ),
     ),
     Variant(
@@ -117,6 +120,7 @@ TOY = (
             "method.zero_gate_bias=true",
             "method.task_embedding_std=1",
             "method.pooling=mean",
+            RANDOM_START,
         ),
     ),
 )

@@ -313,10 +313,11 @@ class MoREConfig(AdapterConfig):
         metadata={"help": "start the selector's gate bias at zero (paper: PyTorch's default init)"},
     )
     start_at_max_rank: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "every task starts at the largest rank (a gate-bias head start of 0.1, which the "
-            "straight-through gradient can overturn); default: the random gate's choice, as the paper"
+            "straight-through gradient can overturn; BENCHMARKS.md, MoRE study); false: the random "
+            "gate's first choice, as the paper"
         },
     )
 
