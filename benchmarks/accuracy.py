@@ -101,6 +101,11 @@ TOY = (
     Variant("more-no-ls", QUICKSTART, ("train.steps=80", *NO_LS_A32, RANDOM_START)),
     Variant("more-no-ls-a16", QUICKSTART, ("train.steps=80", *NO_LS, "method.alpha=16", RANDOM_START)),
     Variant(
+        "more-start-max",
+        QUICKSTART,
+        ("train.steps=80", *NO_LS, "method.alpha=16", "method.start_at_max_rank=true"),
+    ),
+    Variant(
         "more-no-ls-spread",
         QUICKSTART,
         (
