@@ -119,8 +119,10 @@ def routing_log(run: Run, reduce: Callable[..., torch.Tensor]) -> dict[str, floa
             record["router/top_expert_share"] = sum(float(n.max() / n.sum()) for n, _ in used) / len(used)
         for r in routers:
             r.reset_stats()
-    for task, rank in (mean_selected_ranks(run.adapted) or {}).items():
-        record[f"router/mean_rank/{task}"] = rank
+    if run.adapted.method.task_routed:  # only then gather the whole model under FSDP
+        with full_parameters(run.model):  # the selected ranks read whole parameters
+            ranks = mean_selected_ranks(run.adapted)
+        record.update({f"router/mean_rank/{task}": rank for task, rank in ranks.items()})
     return record
 
 
@@ -308,8 +310,7 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device
                 aux = {f"aux/{k}": v.detach() for k, v in outputs.get("aux_losses", {}).items()}
                 aux = {k: float(accelerator.reduce(v, reduction="mean")) for k, v in aux.items()}
                 record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], **aux}
-                with full_parameters(run.model):  # FSDP: selected ranks read whole parameters
-                    emit(record | routing_log(run, accelerator.reduce))
+                emit(record | routing_log(run, accelerator.reduce))
                 bar.set_postfix(loss=f"{loss:.3f}")
             if step % t.eval_every == 0 or step == t.steps:
                 run_eval(step)
