@@ -17,7 +17,7 @@ from torch import nn
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
 from rankmix import MoREConfig, RankMixModel, get_model
-from rankmix.data.collate import encode_decoder
+from rankmix.families import FAMILIES
 from rankmix.tasks.base import Task
 from rankmix.tasks.synthetic import synthetic_tasks
 
@@ -27,8 +27,7 @@ def task_rows(tokenizer: Any, tasks: list[Task], per_task: int, max_length: int 
     rows = []
     for t, task in enumerate(tasks):
         for example in task.load("train")[0][:per_task]:
-            enc = encode_decoder(tokenizer, [task.prompt(example)], [task.answer(example.label)], max_length)
-            rows.append({k: v[0].tolist() for k, v in enc.items()} | {"task_ids": t})
+            rows.append(FAMILIES["decoder"].features(tokenizer, t, task, example, max_length))
     return datasets.Dataset.from_list(rows)
 
 

@@ -622,19 +622,23 @@ def test_evaluate_scores_predictions_against_dev_labels(monkeypatch):
 
 
 # -- 4. resume after an interruption -----------------------------------------------------------------
-def test_interrupted_run_resumes_to_the_same_adapter(runs, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_interrupted_run_resumes_to_the_same_adapter(runs, monkeypatch, workers):
+    """With DataLoader workers too, whose prefetching draws batches ahead of the step: the checkpoint
+    records the batches consumed, and the run (workers or not) ends as the uninterrupted one."""
     from rankmix.recipes import train as train_mod
 
-    run_a, _ = runs.get("decoder")  # 8 steps without interruption
-    recipe = runs.recipe("decoder-resumed", "decoder")
-    run_b = runs.root / "decoder-resumed"
+    run_a, _ = runs.get("decoder")  # 8 steps without interruption, no workers
+    recipe = runs.recipe(f"decoder-resumed-{workers}", "decoder", num_workers=workers)
+    run_b = runs.root / f"decoder-resumed-{workers}"
 
     calls = {"n": 0}
     original = train_mod.TaskSampler.next_batch
+    ahead = 2 * workers  # batches a DataLoader draws before the first step (2 per worker)
 
     def interrupting(self):
         calls["n"] += 1
-        if calls["n"] == 5:  # step 5, just after the evaluation (and checkpoint) of step 4
+        if calls["n"] == 5 + ahead:  # step 5, just after the evaluation (and checkpoint) of step 4
             raise KeyboardInterrupt
         return original(self)
 

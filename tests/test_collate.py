@@ -166,6 +166,32 @@ def test_encode_encoder_truncates():
     assert out["input_ids"].shape == (1, 7)
 
 
+@pytest.mark.parametrize("pairs", [True, False], ids=["pairs", "single"])
+def test_encode_encoder_matches_the_tokenizers_own_batch_padding(pairs):
+    """Examples encoded one by one and padded give what the tokenizer gives for the whole batch."""
+    tok = make_tokenizer("bert")
+    texts = ["the cat sat on a mat", "a dog", "the big red car ran on the road fast", "sun"]
+    seconds = ["red car", "the moon and the sun", "a b c", "yes"] if pairs else [None] * 4
+    examples = [Example(a, b, 0) for a, b in zip(texts, seconds, strict=True)]
+    out = encode_encoder(tok, examples, max_length=9)
+    ref = tok(
+        texts, seconds if pairs else None, truncation=True, max_length=9, padding=True, return_tensors="pt"
+    )
+    assert set(out) == set(ref)
+    for key, value in ref.items():
+        assert torch.equal(out[key], value), key
+
+
+def test_an_encoder_example_encodes_the_same_whatever_its_batch_mates():
+    """A single-text task's example batched with pairs (mixed batches) is still encoded as one text."""
+    tok = make_tokenizer("bert")
+    single, pair = Example("the cat sat", None, 1), Example("red car", "a dog ran", 0)
+    alone = encode_encoder(tok, [single], max_length=32)["input_ids"][0].tolist()
+    mixed = encode_encoder(tok, [single, pair], max_length=32)
+    n = len(alone)
+    assert mixed["input_ids"][0, :n].tolist() == alone and int(mixed["attention_mask"][0].sum()) == n
+
+
 # -- collate ---------------------------------------------------------------------------------------
 
 

@@ -11,7 +11,8 @@ from collections import Counter
 import pytest
 import torch
 
-from rankmix.data.sampling import TaskSampler, task_probabilities
+from rankmix.data.loader import training_batches
+from rankmix.data.sampling import ConsumedBatches, TaskSampler, task_probabilities
 
 SIZES = [40, 300, 1500, 12]
 SIGMAS = 5.0  # tolerance of frequency checks, in binomial standard deviations
@@ -236,3 +237,36 @@ def test_state_dict_is_a_snapshot(mode):
     expected = stream(sampler, 60)
     assert _resumed(frozen, mode, 60) == expected  # the deep copy resumes correctly
     assert _resumed(state, mode, 60) == expected  # so must the state dict itself
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_dataloader_resumes_after_the_batches_consumed_not_those_prefetched(workers):
+    """Batches come out of the DataLoader in the sampler's order, padded; its workers draw ahead, yet
+    the state after 7 consumed batches resumes at batch 8."""
+    rows = [
+        [{"input_ids": [task] * (1 + i % 5), "task_ids": task, "example": i} for i in range(n)]
+        for task, n in enumerate(SIZES)
+    ]
+
+    def loader(seed: int, state: dict | None = None):
+        batches = ConsumedBatches(TaskSampler(SIZES, 4, strategy="uniform", mode="mixed", seed=seed))
+        if state is not None:
+            batches.load_state_dict(state)
+        return batches, iter(training_batches(rows, batches, pad_token=-1, workers=workers, pin_memory=False))
+
+    expected = stream(TaskSampler(SIZES, 4, strategy="uniform", mode="mixed", seed=3), 12)
+    batches, it = loader(3)
+    for pairs in expected[:7]:
+        batch = next(it)
+        batches.consumed()
+        assert list(zip(batch["task_ids"].tolist(), batch["example"].tolist(), strict=True)) == pairs
+        lengths = [1 + i % 5 for _, i in pairs]
+        assert batch["attention_mask"].sum(1).tolist() == lengths
+        assert batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -1).tolist() == [
+            [t] * n + [-1] * (max(lengths) - n) for (t, _), n in zip(pairs, lengths, strict=True)
+        ]
+    assert len(batches.pending) == 2 * workers  # drawn ahead, not consumed
+    _, resumed = loader(999, batches.state_dict())
+    for pairs in expected[7:]:
+        batch = next(resumed)
+        assert list(zip(batch["task_ids"].tolist(), batch["example"].tolist(), strict=True)) == pairs

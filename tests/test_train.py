@@ -70,6 +70,9 @@ def test_head_lr_must_be_positive(tmp_path):
 
 
 # -- gradient clipping -------------------------------------------------------------------------------
+RECIPE_TASKS = ["stsb", "rte"]  # the tasks of _bert_on_glue, in order (task ids index them)
+
+
 def _bert_on_glue(tmp_path, glue_data, name: str, **train):
     """A recipe of a tiny BERT learning STS-B and RTE from the generated GLUE data."""
     folder = tmp_path / "bert"
@@ -92,7 +95,7 @@ def _bert_on_glue(tmp_path, glue_data, name: str, **train):
     settings |= {"max_train_examples": 64, "max_eval_examples": 8, "max_length": 48, "seed": 0, **train}
     recipe = {
         "model": str(folder),
-        "tasks": ["stsb", "rte"],
+        "tasks": RECIPE_TASKS,
         "data_dir": str(glue_data),
         "output_dir": str(tmp_path / name),
         "method": {"method": "lora", "r": 2},
@@ -105,27 +108,28 @@ def _bert_on_glue(tmp_path, glue_data, name: str, **train):
 @contextlib.contextmanager
 def _poisoned(at: int | None, change, task: str | None = None):
     """Apply `change` to the labels of the training batch number `at` (counting only `task`'s batches
-    when given); yields the step numbers of the poisoned batches."""
-    from rankmix.families import EncoderFamily
+    when given); yields the step numbers of the poisoned batches. Training pads its batches with
+    `rankmix.data.loader.pad_features` (one batch per step, without DataLoader workers)."""
+    from rankmix.data import loader
 
-    original = EncoderFamily.collate
+    original = loader.pad_features
     calls, hit = {"n": 0, "step": 0}, []
 
-    def collate(self, tokenizer, tasks, batch, max_length):
-        out = original(self, tokenizer, tasks, batch, max_length)
+    def pad_features(rows, pad_token):
+        out = original(rows, pad_token)
         calls["step"] += 1
-        if task is None or all(tasks[t].name == task for t, _ in batch):
+        if task is None or all(RECIPE_TASKS[r["task_ids"]] == task for r in rows):
             calls["n"] += 1
             if calls["n"] == at:
                 out["labels"] = change(out["labels"])
                 hit.append(calls["step"])
         return out
 
-    EncoderFamily.collate = collate
+    loader.pad_features = pad_features
     try:
         yield hit
     finally:
-        EncoderFamily.collate = original
+        loader.pad_features = original
 
 
 def _saved(folder: Path) -> dict[str, torch.Tensor]:

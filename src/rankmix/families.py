@@ -20,7 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.collate import IGNORE, encode_decoder, encode_encoder, encode_seq2seq
+from .data.collate import (
+    IGNORE,
+    Features,
+    decoder_features,
+    encode_decoder,
+    encode_encoder,
+    encode_seq2seq,
+    encoder_features,
+    pad_features,
+    pad_id,
+    seq2seq_features,
+)
 from .heads import MultiTaskHeads
 from .model import RankMixModel
 from .tasks.base import Example, Task
@@ -63,11 +74,19 @@ class ModelFamily(abc.ABC):
         return None
 
     @abc.abstractmethod
+    def features(
+        self, tokenizer: Any, task_index: int, task: Task, example: Example, max_length: int
+    ) -> Features:
+        """One training example's tokens, its `labels` and its `task_ids` (the task's index), unpadded:
+        computed once before training, padded into batches by `pad_features`."""
+
     def collate(
         self, tokenizer: Any, tasks: Sequence[Task], batch: Sequence[tuple[int, Example]], max_length: int
     ) -> dict[str, torch.Tensor]:
-        """A training batch of (task index, example) pairs, with `task_ids` for the adapters; calling the
-        wrapped model on it gives `outputs.loss` (task loss plus the weighted aux losses)."""
+        """A training batch of (task index, example) pairs; calling the wrapped model on it gives
+        `outputs.loss` (task loss plus the weighted aux losses)."""
+        rows = [self.features(tokenizer, t, tasks[t], e, max_length) for t, e in batch]
+        return pad_features(rows, pad_id(tokenizer))
 
     @abc.abstractmethod
     def scores(
@@ -108,12 +127,11 @@ class EncoderFamily(ModelFamily):
     def heads(self, model: nn.Module) -> nn.ModuleList | None:
         return model.heads
 
-    def collate(self, tokenizer, tasks, batch, max_length):
-        examples = [e for _, e in batch]
-        out = encode_encoder(tokenizer, examples, max_length)
-        out["labels"] = torch.tensor([float(e.label) for e in examples])
-        out["task_ids"] = torch.tensor([t for t, _ in batch], dtype=torch.long)
-        return out
+    def features(self, tokenizer, task_index, task, example, max_length):
+        return encoder_features(tokenizer, example, max_length) | {
+            "labels": float(example.label),
+            "task_ids": task_index,
+        }
 
     def scores(self, model, tokenizer, task, task_ids, examples, max_length):
         enc = {k: v.to(task_ids.device) for k, v in encode_encoder(tokenizer, examples, max_length).items()}
@@ -124,18 +142,16 @@ class EncoderFamily(ModelFamily):
 class GenerativeFamily(ModelFamily):
     """Text-to-text families: the answer is text, learned and scored token by token."""
 
-    encode: ClassVar[Callable[..., dict[str, torch.Tensor]]]
+    encode: ClassVar[Callable[..., dict[str, torch.Tensor]]]  # prompts and answers -> a batch
+    encode_one: ClassVar[Callable[..., Features]]  # one prompt and answer -> its features
     shift: ClassVar[bool]  # a causal LM predicts token i+1 at position i
     labels_build_decoder_inputs: ClassVar[bool]  # T5 derives its decoder inputs from `labels`
     prompt_padding_side: ClassVar[str]  # where prompts are padded for generation
     generation_repeats_prompt: ClassVar[bool]  # a decoder's generate() output starts with the prompt
 
-    def collate(self, tokenizer, tasks, batch, max_length):
-        prompts = [tasks[t].prompt(e) for t, e in batch]
-        answers = [tasks[t].answer(e.label) for t, e in batch]
-        out = self.encode(tokenizer, prompts, answers, max_length)
-        out["task_ids"] = torch.tensor([t for t, _ in batch], dtype=torch.long)
-        return out
+    def features(self, tokenizer, task_index, task, example, max_length):
+        enc = self.encode_one(tokenizer, task.prompt(example), task.answer(example.label), max_length)
+        return enc | {"task_ids": task_index}
 
     def predict(self, model, tokenizer, task, task_ids, examples, max_length, mode):
         if mode == "generate":
@@ -191,6 +207,7 @@ class DecoderFamily(GenerativeFamily):
     name = "decoder"
     auto_class = "AutoModelForCausalLM"
     encode = staticmethod(encode_decoder)
+    encode_one = staticmethod(decoder_features)
     shift = True
     labels_build_decoder_inputs = False
     prompt_padding_side = "left"
@@ -201,6 +218,7 @@ class Seq2SeqFamily(GenerativeFamily):
     name = "seq2seq"
     auto_class = "AutoModelForSeq2SeqLM"
     encode = staticmethod(encode_seq2seq)
+    encode_one = staticmethod(seq2seq_features)
     shift = False
     labels_build_decoder_inputs = True
     prompt_padding_side = "right"

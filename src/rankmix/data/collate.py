@@ -1,4 +1,6 @@
-"""Tokenize examples for each kind of model; families.py builds training batches and predictions on them."""
+"""Tokenize examples for each kind of model, one example at a time (so an example's tokens never depend on
+its batch mates and can be computed once before training), and pad rows of such features into batches.
+families.py decides which encoding a model family uses."""
 
 from __future__ import annotations
 
@@ -9,51 +11,71 @@ import torch
 from ..tasks.base import Example
 
 IGNORE = -100
+Features = dict[str, list[int] | int | float]  # token lists (padded in a batch) and per-row scalars
+PAD_VALUES = {"labels": IGNORE, "token_type_ids": 0}  # input_ids pad with the tokenizer's pad token
 
 
-def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
-
-
-def _pad_id(tokenizer) -> int:
+def pad_id(tokenizer) -> int:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
     return pad
 
 
+def pad_features(rows: Sequence[Features], pad_token: int) -> dict[str, torch.Tensor]:
+    """One batch: token lists padded on the right to the longest row (input_ids with `pad_token`, labels
+    with IGNORE), an attention mask over the real tokens, and scalars (labels, task_ids) stacked."""
+    out = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        if isinstance(values[0], list):
+            width = max(len(v) for v in values)
+            fill = PAD_VALUES.get(key, pad_token)
+            out[key] = torch.tensor([v + [fill] * (width - len(v)) for v in values], dtype=torch.long)
+        else:  # python ints stack as int64 (task ids), floats as float32 (labels)
+            out[key] = torch.tensor(values)
+    if "input_ids" in out:
+        lengths = torch.tensor([len(r["input_ids"]) for r in rows])
+        out["attention_mask"] = (torch.arange(out["input_ids"].shape[1]) < lengths[:, None]).long()
+    return out
+
+
+def encoder_features(tokenizer, example: Example, max_length: int) -> Features:
+    """[CLS] text_a [SEP] (text_b [SEP]) for BERT-style tokenizers, cut to max_length."""
+    enc = tokenizer(example.text_a, example.text_b or None, truncation=True, max_length=max_length)
+    return {k: v for k, v in enc.items() if k != "attention_mask"}  # the batch's mask comes from padding
+
+
+def decoder_features(tokenizer, prompt: str, answer: str, max_length: int) -> Features:
+    """prompt + " " + answer + eos, cut from the prompt's left if too long; labels mask the prompt."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    a = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + eos
+    p = p[-max(1, max_length - len(a)) :]
+    return {"input_ids": p + a, "labels": [IGNORE] * len(p) + a}
+
+
+def seq2seq_features(tokenizer, prompt: str, answer: str, max_length: int) -> Features:
+    """The prompt for the encoder, the answer as labels; both cut to max_length."""
+    return {
+        "input_ids": tokenizer(prompt, truncation=True, max_length=max_length)["input_ids"],
+        "labels": tokenizer(answer, truncation=True, max_length=max_length)["input_ids"],
+    }
+
+
 def encode_encoder(tokenizer, examples: Sequence[Example], max_length: int) -> dict[str, torch.Tensor]:
-    firsts = [e.text_a for e in examples]
-    seconds = [e.text_b for e in examples] if any(e.text_b for e in examples) else None
-    if seconds is not None:
-        seconds = [s or "" for s in seconds]
-    return dict(
-        tokenizer(firsts, seconds, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-    )
+    return pad_features([encoder_features(tokenizer, e, max_length) for e in examples], pad_id(tokenizer))
 
 
 def encode_decoder(
     tokenizer, prompts: Sequence[str], answers: Sequence[str], max_length: int
 ) -> dict[str, torch.Tensor]:
-    """prompt + " " + answer + eos, cut from the prompt's left if too long; labels mask the prompt."""
-    ids, labels = [], []
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    for prompt, answer in zip(prompts, answers, strict=True):
-        p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        a = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + eos
-        p = p[-max(1, max_length - len(a)) :]
-        ids.append(p + a)
-        labels.append([IGNORE] * len(p) + a)
-    pad = _pad_id(tokenizer)
-    input_ids = _pad(ids, pad)
-    mask = _pad([[1] * len(r) for r in ids], 0)
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": _pad(labels, IGNORE)}
+    rows = [decoder_features(tokenizer, p, a, max_length) for p, a in zip(prompts, answers, strict=True)]
+    return pad_features(rows, pad_id(tokenizer))
 
 
 def encode_seq2seq(
     tokenizer, prompts: Sequence[str], answers: Sequence[str], max_length: int
 ) -> dict[str, torch.Tensor]:
-    enc = tokenizer(list(prompts), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-    targets = [tokenizer(a, truncation=True, max_length=max_length)["input_ids"] for a in answers]
-    return {**dict(enc), "labels": _pad(targets, IGNORE)}
+    rows = [seq2seq_features(tokenizer, p, a, max_length) for p, a in zip(prompts, answers, strict=True)]
+    return pad_features(rows, pad_id(tokenizer))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
+
 import torch
 
 
@@ -73,9 +76,10 @@ class TaskSampler:
         return batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
     def state_dict(self) -> dict:
+        # the orders are replaced on each pass, never changed in place: a state can share them
         return {
             "generator": self.generator.get_state(),
-            "orders": [o.clone() for o in self.orders],
+            "orders": list(self.orders),
             "cursors": list(self.cursors),
         }
 
@@ -83,3 +87,34 @@ class TaskSampler:
         self.generator.set_state(state["generator"])
         self.orders = list(state["orders"])
         self.cursors = list(state["cursors"])
+
+
+class ConsumedBatches:
+    """A DataLoader's batch sampler over a TaskSampler that resumes where training stopped. A DataLoader
+    draws batches ahead of the step that uses them (its workers prefetch), so the sampler's own state runs
+    ahead; this one keeps the state after each drawn batch until the loop calls `consumed()`, and its
+    `state_dict()` is the state after the last batch consumed."""
+
+    def __init__(self, sampler: TaskSampler) -> None:
+        self.sampler = sampler
+        self.pending: deque[dict] = deque()
+        self.state = sampler.state_dict()
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        while True:
+            batch = self.sampler.next_batch()
+            self.pending.append(self.sampler.state_dict())
+            yield batch
+
+    def consumed(self) -> None:
+        """The loop took the oldest batch drawn."""
+        self.state = self.pending.popleft()
+
+    def state_dict(self) -> dict:
+        return self.state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Before the DataLoader starts drawing."""
+        self.sampler.load_state_dict(state)
+        self.pending.clear()
+        self.state = self.sampler.state_dict()

@@ -28,7 +28,14 @@ def resume_key(cfg: RunConfig) -> dict[str, Any]:
             flat.update({f"train.{k}": v for k, v in value.items()})
         else:
             flat[key] = value
-    for key in ("output_dir", "train.steps", "train.eval_every", "train.checkpoint_every", "train.log_every"):
+    for key in (
+        "output_dir",
+        "train.steps",
+        "train.eval_every",
+        "train.checkpoint_every",
+        "train.log_every",
+        "train.num_workers",
+    ):
         flat.pop(key)
     return flat
 

@@ -56,6 +56,9 @@ class TrainConfig:
     temperature: float = 2.0
     batch_mode: str = field(default="single", metadata={"help": "single: one task per batch; mixed"})
     max_length: int = 128
+    num_workers: int = field(
+        default=0, metadata={"help": "DataLoader worker processes that pad batches (0: the main process)"}
+    )
     max_train_examples: int | None = field(
         default=None, metadata={"help": "per-task cap, drawn with the seed"}
     )
@@ -70,6 +73,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"train.{name} must be a positive integer or null, got {value!r}")
+        if (
+            isinstance(self.num_workers, bool)
+            or not isinstance(self.num_workers, int)
+            or self.num_workers < 0
+        ):
+            raise ValueError(f"train.num_workers must be an integer >= 0, got {self.num_workers!r}")
         if self.data_seed is not None and (
             isinstance(self.data_seed, bool) or not isinstance(self.data_seed, int)
         ):

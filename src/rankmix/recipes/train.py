@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
-from ..data.sampling import TaskSampler
+from ..data.collate import Features, pad_id
+from ..data.loader import training_batches
+from ..data.sampling import ConsumedBatches, TaskSampler
 from ..files import read_utf8, write_text
 from ..stats import mean_selected_ranks
 from .checkpoint import has_checkpoint, load_checkpoint, resume_key, save_checkpoint
@@ -143,6 +145,15 @@ def param_groups(run: Run) -> list[dict]:
     return groups
 
 
+def tokenised(run: Run) -> list[list[Features]]:
+    """Every training example of every task as the model's features, computed once before training."""
+    t = run.config.train
+    return [
+        [run.family.features(run.tokenizer, i, task, e, t.max_length) for e in examples]
+        for i, (task, examples) in enumerate(zip(run.tasks, run.train_sets, strict=True))
+    ]
+
+
 def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device: str = "auto") -> dict:
     """Train, evaluate every `eval_every` steps and at the end, keep the best adapter; returns results.
     `device`: auto (CUDA when present), cpu, cuda or mps."""
@@ -187,15 +198,17 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device
 
     optimizer = torch.optim.AdamW(param_groups(run), lr=t.lr, weight_decay=t.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, t.warmup_steps, t.steps)
-    sampler = TaskSampler(
-        [len(s) for s in run.train_sets],
-        t.batch_size,
-        t.sampling,
-        t.temperature,
-        t.batch_mode,
-        seed=t.seed,
-        rank=accelerator.process_index,
-        world=accelerator.num_processes,
+    sampler = ConsumedBatches(
+        TaskSampler(
+            [len(s) for s in run.train_sets],
+            t.batch_size,
+            t.sampling,
+            t.temperature,
+            t.batch_mode,
+            seed=t.seed,
+            rank=accelerator.process_index,
+            world=accelerator.num_processes,
+        )
     )
     state = {"step": 0, "best": None, "best_step": None, "history": [], "config": resume_key(cfg)}
     if has_checkpoint(checkpoint):
@@ -224,6 +237,8 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device
     # under DDP each process evaluates its share of the dev sets; an FSDP forward is a collective, so
     # there every process runs every example
     share = (0, 1) if fsdp else (accelerator.process_index, accelerator.num_processes)
+    pin = accelerator.device.type == "cuda"
+    batches = iter(training_batches(tokenised(run), sampler, pad_id(run.tokenizer), t.num_workers, pin))
 
     # the loop's own logging: metrics.jsonl and TensorBoard, on the main process
     writer = SummaryWriter(str(out / TENSORBOARD), purge_step=state["step"] + 1) if main else None
@@ -266,11 +281,10 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device
         and stop request (summed over processes, so that every process stops together) and the tasks."""
         tasks, loss = set(), torch.zeros((), device=accelerator.device)
         for micro in range(t.grad_accum):
-            pairs = sampler.next_batch()
-            tasks.update(run.tasks[task].name for task, _ in pairs)
-            examples = [(task, run.train_sets[task][i]) for task, i in pairs]
-            batch = run.family.collate(run.tokenizer, run.tasks, examples, t.max_length)
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            batch = next(batches)
+            sampler.consumed()
+            tasks.update(run.tasks[task].name for task in batch["task_ids"].unique().tolist())
+            batch = {k: v.to(accelerator.device, non_blocking=pin) for k, v in batch.items()}
             with nullcontext() if micro == t.grad_accum - 1 else accelerator.no_sync(model):
                 outputs = model(**batch)
                 accelerator.backward(outputs.loss / t.grad_accum)
