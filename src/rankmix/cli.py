@@ -52,8 +52,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise ValueError("pass either --input FILE.jsonl or --text TEXT")
     device = resolve_device(args.device)
     run, _ = open_run(args.adapter, args.set)
-    check_task(run, args.task, with_head=True)
-    task = next(t for t in run.tasks if t.name == args.task)
+    task = check_task(run, args.task, with_head=True)
     examples = read_rows(Path(args.input), task) if args.input else [text_example(task, args.text)]
     run.model.to(device)
     mode = args.mode or run.config.eval_mode

@@ -195,9 +195,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_task(run: Run, task: str | None, with_head: bool = False) -> None:
+def check_task(run: Run, task: str | None, with_head: bool = False) -> Task | None:
     """`task` must be one of the run's tasks, and is required where each task merges differently (or,
-    `with_head`, has a head of its own)."""
+    `with_head`, has a head of its own); returns that task."""
     names = [t.name for t in run.tasks]
     if task is None and run.adapted.method.task_routed:
         raise ValueError(f"pass --task (one of {names}): each task merges and exports differently")
@@ -205,6 +205,7 @@ def check_task(run: Run, task: str | None, with_head: bool = False) -> None:
         raise ValueError(f"pass --task: every task has its own head ({names})")
     if task is not None and task not in names:
         raise ValueError(f"unknown task {task!r}; this adapter was trained on {names}")
+    return None if task is None else run.tasks[names.index(task)]
 
 
 def check_finite(run: Run) -> None:
