@@ -1,4 +1,5 @@
-"""Tests for rankmix.data.collate: decoder, seq2seq and encoder encodings, and `collate` batches."""
+"""Tests for rankmix.data.collate: decoder, seq2seq and encoder encodings, and training batches (each
+example's features, padded)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from helpers import word_tokenizer
-from rankmix.data.collate import IGNORE, encode_decoder, encode_encoder, encode_seq2seq
+from rankmix.data.collate import IGNORE, encode_decoder, encode_encoder, encode_seq2seq, pad_features, pad_id
 from rankmix.families import FAMILIES
 from rankmix.tasks import Example, get_task
 
@@ -192,7 +193,11 @@ def test_an_encoder_example_encodes_the_same_whatever_its_batch_mates():
     assert mixed["input_ids"][0, :n].tolist() == alone and int(mixed["attention_mask"][0].sum()) == n
 
 
-# -- collate ---------------------------------------------------------------------------------------
+# -- training batches: features of each example, padded ---------------------------------------------
+def collate(family: str, tokenizer, tasks, batch, max_length: int) -> dict[str, torch.Tensor]:
+    """A training batch as train() builds it (the DataLoader pads the features of each example)."""
+    rows = [FAMILIES[family].features(tokenizer, t, tasks[t], e, max_length) for t, e in batch]
+    return pad_features(rows, pad_id(tokenizer))
 
 
 def test_collate_encoder_has_task_ids_and_float_labels():
@@ -203,7 +208,7 @@ def test_collate_encoder_has_task_ids_and_float_labels():
         (1, Example("red car", "blue car", 3.25)),
         (0, Example("the sun", "the moon", 0)),
     ]
-    out = FAMILIES["encoder"].collate(tok, tasks, batch, max_length=32)
+    out = collate("encoder", tok, tasks, batch, max_length=32)
     assert out["task_ids"].tolist() == [0, 1, 0]
     assert out["task_ids"].dtype == torch.long
     assert out["labels"].dtype.is_floating_point
@@ -222,7 +227,7 @@ def test_collate_generative_uses_task_prompt_and_answer(family):
         (0, Example("the cat sat", "a dog ran", 1)),
         (0, Example("the sun", "the moon", 0)),
     ]
-    out = FAMILIES[family].collate(tok, [rte, stsb], batch, max_length=128)
+    out = collate(family, tok, [rte, stsb], batch, max_length=128)
     prompts = [
         stsb.template.format(text_a="red car", text_b="blue car"),
         rte.template.format(text_a="the cat sat", text_b="a dog ran"),

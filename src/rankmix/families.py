@@ -28,8 +28,6 @@ from .data.collate import (
     encode_encoder,
     encode_seq2seq,
     encoder_features,
-    pad_features,
-    pad_id,
     seq2seq_features,
 )
 from .heads import MultiTaskHeads
@@ -78,15 +76,8 @@ class ModelFamily(abc.ABC):
         self, tokenizer: Any, task_index: int, task: Task, example: Example, max_length: int
     ) -> Features:
         """One training example's tokens, its `labels` and its `task_ids` (the task's index), unpadded:
-        computed once before training, padded into batches by `pad_features`."""
-
-    def collate(
-        self, tokenizer: Any, tasks: Sequence[Task], batch: Sequence[tuple[int, Example]], max_length: int
-    ) -> dict[str, torch.Tensor]:
-        """A training batch of (task index, example) pairs; calling the wrapped model on it gives
-        `outputs.loss` (task loss plus the weighted aux losses)."""
-        rows = [self.features(tokenizer, t, tasks[t], e, max_length) for t, e in batch]
-        return pad_features(rows, pad_id(tokenizer))
+        computed once before training and padded into batches by `pad_features`; calling the wrapped
+        model on such a batch gives `outputs.loss` (task loss plus the weighted aux losses)."""
 
     @abc.abstractmethod
     def scores(
