@@ -141,6 +141,10 @@ GLUE_MORE_STUDY = (
     _glue("more", "more-no-ls-a16-spread", "method.alpha=16", *NO_LS, *SPREAD_SELECTOR),
     # every task starts at the largest rank (MoRE is then LoRA r=8) and moves from there
     _glue("more", "more-start-max", "method.alpha=16", *NO_LS, "method.start_at_max_rank=true"),
+    # twice the largest rank at the same alpha/r: against LoRA r=16, the parameter-matched baseline
+    _glue(
+        "more", "more-r16", "method.max_rank=16", "method.alpha=32", *NO_LS, "method.start_at_max_rank=true"
+    ),
     _glue("more", "more-paper-scaling-spread", *PAPER_SCALING, *SPREAD_SELECTOR),
     _glue(
         "more",
@@ -173,7 +177,7 @@ SUITES = {
         seeds=(0,),
         baseline="more-paper-scaling",
         headline_tasks=GLUE_HEADLINE,
-        references=("glue/lora",),
+        references=("glue/lora", "glue/lora-r16"),
     ),
     "toy": Suite(TOY, seeds=(0, 1, 2), baseline="lora"),
     "glue": Suite(GLUE, seeds=(0, 1, 2), baseline="lora", headline_tasks=GLUE_HEADLINE),
