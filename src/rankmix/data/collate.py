@@ -4,6 +4,7 @@ families.py decides which encoding a model family uses."""
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 
 import torch
@@ -11,7 +12,7 @@ import torch
 from ..tasks.base import Example
 
 IGNORE = -100
-Features = dict[str, list[int] | int | float]  # token lists (padded in a batch) and per-row scalars
+Features = dict[str, Sequence[int] | int | float]  # token sequences (padded in a batch), per-row scalars
 PAD_VALUES = {"labels": IGNORE, "token_type_ids": 0}  # input_ids pad with the tokenizer's pad token
 
 
@@ -28,16 +29,22 @@ def pad_features(rows: Sequence[Features], pad_token: int) -> dict[str, torch.Te
     out = {}
     for key in rows[0]:
         values = [r[key] for r in rows]
-        if isinstance(values[0], list):
+        if not isinstance(values[0], (int, float)):
             width = max(len(v) for v in values)
             fill = PAD_VALUES.get(key, pad_token)
-            out[key] = torch.tensor([v + [fill] * (width - len(v)) for v in values], dtype=torch.long)
+            out[key] = torch.tensor([[*v, *[fill] * (width - len(v))] for v in values], dtype=torch.long)
         else:  # python ints stack as int64 (task ids), floats as float32 (labels)
             out[key] = torch.tensor(values)
     if "input_ids" in out:
         lengths = torch.tensor([len(r["input_ids"]) for r in rows])
         out["attention_mask"] = (torch.arange(out["input_ids"].shape[1]) < lengths[:, None]).long()
     return out
+
+
+def compact(features: Features) -> Features:
+    """Token lists as 32-bit arrays: a Python list spends an object per token, and a run keeps the
+    features of every training example in memory."""
+    return {k: v if isinstance(v, (int, float)) else array("i", v) for k, v in features.items()}
 
 
 def encoder_features(tokenizer, example: Example, max_length: int) -> Features:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..data.collate import Features, pad_id
+from ..data.collate import Features, compact, pad_id
 from ..data.loader import training_batches
 from ..data.sampling import ConsumedBatches, TaskSampler
 from ..files import read_utf8, write_text
@@ -149,7 +149,7 @@ def tokenised(run: Run) -> list[list[Features]]:
     """Every training example of every task as the model's features, computed once before training."""
     t = run.config.train
     return [
-        [run.family.features(run.tokenizer, i, task, e, t.max_length) for e in examples]
+        [compact(run.family.features(run.tokenizer, i, task, e, t.max_length)) for e in examples]
         for i, (task, examples) in enumerate(zip(run.tasks, run.train_sets, strict=True))
     ]
 
