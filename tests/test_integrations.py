@@ -1,6 +1,7 @@
-"""transformers' Trainer on a RankMixModel, through examples/trainer.py, on a tiny random Llama with tied
-embeddings: the task column reaches the adapters, the loss falls, checkpoints hold the adapter only and
-resume, and the saved adapter reproduces the trained model."""
+"""transformers' Trainer and TRL's SFTTrainer on a RankMixModel, through examples/trainer.py and
+examples/sft.py, on a tiny random Llama with tied embeddings: the task column reaches the adapters, the
+loss falls, checkpoints hold the adapter only and resume, and the saved adapter reproduces the trained
+model."""
 
 from __future__ import annotations
 
@@ -50,11 +51,13 @@ def tiny():
     return tokenizer, base
 
 
-def test_trainer_trains_checkpoints_the_adapter_only_and_resumes(tiny, tmp_path):
-    trainer_example = _example("trainer")
+@pytest.mark.parametrize("example", ["trainer", "sft"])
+def test_example_trains_checkpoints_the_adapter_only_and_resumes(tiny, tmp_path, example):
+    """examples/trainer.py (transformers' Trainer) and examples/sft.py (rankmix's SFTTrainer)."""
+    module = _example(example)
     tokenizer, base = tiny
     settings = {"learning_rate": 1e-2, "logging_steps": 1, "save_steps": 4, "seed": 0}
-    model, trainer = trainer_example.train(base(), tokenizer, tmp_path / "whole", steps=8, **settings)
+    model, trainer = module.train(base(), tokenizer, tmp_path / "whole", steps=8, **settings)
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     assert len(losses) == 8 and sum(losses[-2:]) < sum(losses[:2])  # it learns
 
@@ -65,7 +68,7 @@ def test_trainer_trains_checkpoints_the_adapter_only_and_resumes(tiny, tmp_path)
     # resumed from the step-4 checkpoint (on a fresh base: the checkpoint restores the adapter), a
     # second run ends where the uninterrupted one did
     resume = str(tmp_path / "whole" / "checkpoint-4")
-    resumed, _ = trainer_example.train(base(), tokenizer, tmp_path / "resumed", 8, resume, **settings)
+    resumed, _ = module.train(base(), tokenizer, tmp_path / "resumed", 8, resume, **settings)
     for key, value in model.state_dict().items():
         assert torch.allclose(resumed.state_dict()[key], value, atol=1e-6), key
 
@@ -77,3 +80,21 @@ def test_trainer_trains_checkpoints_the_adapter_only_and_resumes(tiny, tmp_path)
         want = model.eval()(**batch, task_ids=[2]).logits
         got = loaded(**batch, task_ids=[2]).logits
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_sft_trainer_loss_is_the_routed_models_own(tiny, tmp_path):
+    """A batch as rankmix's SFTTrainer builds it carries each row's task, and the trainer's loss is the
+    completion's cross-entropy plus the adapter's weighted aux loss, both from the routed forward (TRL's
+    fused head would run the language model without the routing and drop the aux loss)."""
+    tokenizer, base = tiny
+    model, trainer = _example("sft").train(base(), tokenizer, tmp_path / "run", steps=1, seed=0)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert set(batch["task_ids"]) <= {t.name for t in synthetic_tasks()}
+    model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+        outputs = model(**{k: v for k, v in batch.items() if k != "labels"})
+    logits, labels = outputs.logits[:, :-1], batch["labels"][:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    assert outputs.aux_loss > 0
+    assert torch.allclose(loss, nll + outputs.aux_loss, atol=1e-5)
