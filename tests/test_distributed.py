@@ -45,8 +45,8 @@ def _tiny_llama(folder: Path, data_dir: Path) -> None:
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_processes_train_together(tmp_path, glue_data, launcher):
     """Two gloo workers train together, under torchrun or under `accelerate launch` with the shipped
-    configs/accelerate/ddp.yaml: results say 2 processes, only the main process prints, and the saved
-    adapter loads and was trained (not the zero initialisation)."""
+    configs/accelerate/ddp.yaml, each with a DataLoader worker: results say 2 processes, only the main
+    process prints, and the saved adapter loads and was trained (not the zero initialisation)."""
     _tiny_llama(tmp_path / "model", glue_data)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
@@ -65,6 +65,7 @@ def test_two_processes_train_together(tmp_path, glue_data, launcher):
                     "max_eval_examples": 8,
                     "max_length": 48,
                     "warmup_steps": 1,
+                    "num_workers": 1,  # each process pads its batches in a DataLoader worker
                 },
             }
         )
