@@ -1,7 +1,7 @@
 """transformers' Trainer and TRL's SFTTrainer on a RankMixModel, through examples/trainer.py and
 examples/sft.py, on a tiny random Llama with tied embeddings: the task column reaches the adapters, the
 loss falls, checkpoints hold the adapter only and resume, and the saved adapter reproduces the trained
-model."""
+model; and an encoder with task heads under Trainer, whose checkpoints hold the adapter and the heads."""
 
 from __future__ import annotations
 
@@ -98,3 +98,39 @@ def test_sft_trainer_loss_is_the_routed_models_own(tiny, tmp_path):
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
     assert outputs.aux_loss > 0
     assert torch.allclose(loss, nll + outputs.aux_loss, atol=1e-5)
+
+
+def test_trainer_checkpoints_an_encoders_adapter_and_task_heads_only(tmp_path):
+    """An encoder with task heads (the family's wrapped model) under Trainer's defaults: rows are the
+    family's features; a checkpoint holds the adapter and the heads, no base weight, and the loss falls."""
+    import datasets
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from rankmix import MoREConfig, get_model
+    from rankmix.families import FAMILIES
+
+    tasks = synthetic_tasks()
+    examples = [(i, e) for i, t in enumerate(tasks) for e in t.load("train")[0][:40]]
+    tokenizer = word_tokenizer([e.text_a for _, e in examples], template="bert")
+    torch.manual_seed(0)
+    base = build_base("bert", layers=2, hidden=32, vocab=len(tokenizer), max_position_embeddings=128)
+    encoder = FAMILIES["encoder"]
+    adapted = get_model(base, MoREConfig(tasks=[t.name for t in tasks], max_rank=4))
+    model = encoder.wrap(adapted, tasks)
+    rows = [dict(encoder.features(tokenizer, i, tasks[i], e, 64)) for i, e in examples]
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=8, save_steps=4, per_device_train_batch_size=8,
+        learning_rate=1e-2, logging_steps=1, report_to="none", seed=0,
+    )  # fmt: skip
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(rows),
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
+    trainer.train()
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    assert sum(losses[-2:]) < sum(losses[:2])
+    checkpoint = load_file(tmp_path / "checkpoint-4" / "model.safetensors")
+    heads = {f"heads.{k}" for k in model.heads.state_dict()}
+    assert set(checkpoint) == {f"body.{k}" for k in adapted.own_state_keys()} | heads
