@@ -134,3 +134,24 @@ def test_trainer_checkpoints_an_encoders_adapter_and_task_heads_only(tmp_path):
     checkpoint = load_file(tmp_path / "checkpoint-4" / "model.safetensors")
     heads = {f"heads.{k}" for k in model.heads.state_dict()}
     assert set(checkpoint) == {f"body.{k}" for k in adapted.own_state_keys()} | heads
+
+
+def test_sft_trainer_without_a_task_column_fails_before_training(tiny, tmp_path):
+    import datasets
+    from trl import SFTConfig
+
+    from rankmix import MoREConfig, get_model
+    from rankmix.sft import SFTTrainer
+
+    tokenizer, base = tiny
+    model = get_model(base(), MoREConfig(tasks=[t.name for t in synthetic_tasks()], max_rank=4))
+    rows = datasets.Dataset.from_list(
+        [{"prompt": "Review: good\\nSentiment:", "completion": " positive"}] * 4
+    )
+    with pytest.raises(ValueError, match="task_ids column"):
+        SFTTrainer(
+            model=model,
+            args=SFTConfig(output_dir=str(tmp_path), bf16=False, report_to="none"),
+            train_dataset=rows,
+            processing_class=tokenizer,
+        )

@@ -17,6 +17,10 @@ import torch
 import trl
 from transformers import Trainer
 
+MISSING_TASK_IDS = (
+    "every training row needs a task_ids column: the index or name of its task, one of the adapter's tasks"
+)
+
 
 class TaskIdsCollator:
     """A data collator (TRL's by default) that also passes each row's `task_ids` (a task index or name)."""
@@ -26,10 +30,7 @@ class TaskIdsCollator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         if any("task_ids" not in r for r in rows):
-            raise ValueError(
-                "every training row needs a task_ids column: the index or name of its task, one of the "
-                "adapter's tasks"
-            )
+            raise ValueError(MISSING_TASK_IDS)
         batch = self.collator([{k: v for k, v in r.items() if k != "task_ids"} for r in rows])
         ids = [r["task_ids"] for r in rows]
         batch["task_ids"] = ids if any(isinstance(t, str) for t in ids) else torch.tensor(ids)
@@ -41,6 +42,10 @@ class SFTTrainer(trl.SFTTrainer):
     each example is routed by its own task, so several cannot share a row."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # before TRL tokenises the dataset (the collator checks iterable datasets, which have no schema)
+        columns = getattr(kwargs.get("train_dataset"), "column_names", None)
+        if columns is not None and "task_ids" not in columns:
+            raise ValueError(f"{MISSING_TASK_IDS}; the training dataset has {columns}")
         super().__init__(*args, **kwargs)
         if self.args.packing or self.args.padding_free:
             raise ValueError(
