@@ -81,7 +81,8 @@ ABLATIONS = (
     _glue("more", "more-frozen-map", "method.learn_selection=false", RANDOM_START),
     _glue("more", "more-random-start", RANDOM_START),
     _glue("more", "more-mixed-batches", "train.batch_mode=mixed"),
-    _glue("hilo", "hilo-uniform-experts", "method.experts=5555"),
+    # quoted: an unquoted 5555 is read as an integer, 5555 experts in every layer
+    _glue("hilo", "hilo-uniform-experts", "method.experts='5555'"),
 )
 COMMONSENSE = tuple(
     Variant(name, f"configs/commonsense-smollm2-{recipe}.yaml", overrides)
