@@ -276,14 +276,15 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device
             write_results(out, results(run, state, time.time() - start_time, accelerator.num_processes))
         write_checkpoint()
 
-    def forward_backward(stop_signal: int) -> tuple[Any, torch.Tensor, set[str]]:
+    def forward_backward(stop_signal: int) -> tuple[Any, torch.Tensor, list[torch.Tensor]]:
         """One optimizer step's micro-batches, back-propagated; returns the last outputs, the summed loss
-        and stop request (summed over processes, so that every process stops together) and the tasks."""
-        tasks, loss = set(), torch.zeros((), device=accelerator.device)
+        and stop request (summed over processes, so that every process stops together) and the micro-
+        batches' task ids (read only if the step diverged)."""
+        task_ids, loss = [], torch.zeros((), device=accelerator.device)
         for micro in range(t.grad_accum):
             batch = next(batches)
             sampler.consumed()
-            tasks.update(run.tasks[task].name for task in batch["task_ids"].unique().tolist())
+            task_ids.append(batch["task_ids"])
             batch = {k: v.to(accelerator.device, non_blocking=pin) for k, v in batch.items()}
             with nullcontext() if micro == t.grad_accum - 1 else accelerator.no_sync(model):
                 outputs = model(**batch)
@@ -292,7 +293,7 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device
         status = torch.stack([loss, torch.tensor(float(stop_signal), device=loss.device)])
         if accelerator.num_processes > 1:
             status = accelerator.reduce(status, reduction="sum")
-        return outputs, status, tasks
+        return outputs, status, task_ids
 
     model.train()
     bar = tqdm(total=t.steps, initial=state["step"], disable=not progress or not main, desc="train")
@@ -303,10 +304,11 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device
             cleanup.callback(log.close)
             cleanup.callback(writer.close)
         while state["step"] < t.steps:
-            outputs, (step_loss, stopping), tasks = forward_backward(stop["signal"])
+            outputs, (step_loss, stopping), task_ids = forward_backward(stop["signal"])
             if not torch.isfinite(step_loss):
+                tasks = sorted({run.tasks[i].name for i in torch.cat(task_ids).unique().tolist()})
                 raise TrainingDiverged(
-                    f"training diverged at step {state['step'] + 1} (task {', '.join(sorted(tasks))}): the "
+                    f"training diverged at step {state['step'] + 1} (task {', '.join(tasks)}): the "
                     f"loss is NaN or infinite; nothing of that step was applied, and {out} keeps what the "
                     "last evaluation saved (checkpoint, best adapter); train again with a lower train.lr "
                     "(or train.max_grad_norm) in another output_dir"
