@@ -95,9 +95,10 @@ COMMONSENSE = tuple(
     )
 )
 QUICKSTART = "configs/quickstart.yaml"
-# MoRE's selector and scaling on the quickstart's toy tasks (80 steps, as `rankmix quickstart` trains)
+QUICKSTART_LORA = "method={method: lora, r: 8, alpha: 16, dropout: 0.1}"
+# MoRE's selector and scaling on the quickstart's toy tasks (80 steps, as `rankmix quickstart` trained)
 TOY = (
-    Variant("lora", QUICKSTART, ("train.steps=80", "method={method: lora, r: 8, alpha: 16, dropout: 0.1}")),
+    Variant("lora", QUICKSTART, ("train.steps=80", QUICKSTART_LORA)),
     Variant("more-paper", QUICKSTART, ("train.steps=80", *PAPER_SCALING, RANDOM_START)),
     Variant("more-no-ls", QUICKSTART, ("train.steps=80", *NO_LS_A32, RANDOM_START)),
     Variant("more-no-ls-a16", QUICKSTART, ("train.steps=80", *NO_LS, "method.alpha=16", RANDOM_START)),
@@ -181,6 +182,12 @@ SUITES = {
         references=("glue/lora", "glue/lora-r16"),
     ),
     "toy": Suite(TOY, seeds=(0, 1, 2), baseline="lora"),
+    # what `rankmix quickstart` trains: the recipe's 150 steps, MoRE's defaults against LoRA r=8
+    "quickstart": Suite(
+        (Variant("lora", QUICKSTART, (QUICKSTART_LORA,)), Variant("more", QUICKSTART, ())),
+        seeds=(0, 1, 2),
+        baseline="lora",
+    ),
     "glue": Suite(GLUE, seeds=(0, 1, 2), baseline="lora", headline_tasks=GLUE_HEADLINE),
     "ablations": Suite(
         ABLATIONS,

@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("tasks", cmd_tasks, "list the built-in tasks: kind, metrics, where their data is read from")
     p = add("quickstart", cmd_quickstart, "train MoRE and LoRA on MiniLM-L6 with the built-in toy tasks")
     p.add_argument("--out", default="runs/quickstart")
-    p.add_argument("--steps", type=int, default=80)
+    p.add_argument("--steps", type=int, help="training steps per method (default: 150)")
     return parser
 
 

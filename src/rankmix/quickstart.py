@@ -11,14 +11,18 @@ from .recipes.run_config import RunConfig, TrainConfig
 from .recipes.train import train
 
 TASKS = ["sentiment", "topic", "negation"]
+# 150 steps: long enough for MoRE's selection to settle (at 80, MoRE trailed LoRA; BENCHMARKS.md, toy tasks)
+STEPS = 150
 METHODS = {
     "more": {"method": "more", "max_rank": 8, "dropout": 0.1, "target_modules": "all-linear"},
     "lora": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.1, "target_modules": "all-linear"},
 }
 
 
-def quickstart(out: Path, steps: int = 80) -> dict[str, dict]:
-    """Train each method, print the per-task comparison and MoRE's selected ranks, keep adapters and plots."""
+def quickstart(out: Path, steps: int | None = None) -> dict[str, dict]:
+    """Train each method (`steps`, default STEPS), print the per-task comparison and MoRE's selected
+    ranks, keep adapters and plots."""
+    steps = steps or STEPS
     results = {}
     for name, method in METHODS.items():
         cfg = RunConfig(
