@@ -63,6 +63,8 @@ NO_LS = ("method.linear_scaling=false",)
 # the study variants name alpha and linear scaling explicitly, so they keep measuring the same settings.
 PAPER_SCALING = ("method.linear_scaling=true", "method.alpha=32")
 NO_LS_A32 = (*NO_LS, "method.alpha=32")
+# MoRE's defaults since e4ee7a4: LoRA r=8's scale, every task starting at the largest rank
+START_MAX = ("method.alpha=16", *NO_LS, "method.start_at_max_rank=true")
 GLUE = (
     _glue("lora"),
     _glue("lora", "lora-r16", "method.r=16", "method.alpha=32"),
@@ -102,11 +104,7 @@ TOY = (
     Variant("more-paper", QUICKSTART, ("train.steps=80", *PAPER_SCALING, RANDOM_START)),
     Variant("more-no-ls", QUICKSTART, ("train.steps=80", *NO_LS_A32, RANDOM_START)),
     Variant("more-no-ls-a16", QUICKSTART, ("train.steps=80", *NO_LS, "method.alpha=16", RANDOM_START)),
-    Variant(
-        "more-start-max",
-        QUICKSTART,
-        ("train.steps=80", *NO_LS, "method.alpha=16", "method.start_at_max_rank=true"),
-    ),
+    Variant("more-start-max", QUICKSTART, ("train.steps=80", *START_MAX)),
     Variant(
         "more-no-ls-spread",
         QUICKSTART,
@@ -142,11 +140,14 @@ GLUE_MORE_STUDY = (
     _glue("more", "more-no-ls-a16", "method.alpha=16", *NO_LS, *PAPER_SELECTOR),
     _glue("more", "more-no-ls-a16-spread", "method.alpha=16", *NO_LS, *SPREAD_SELECTOR),
     # every task starts at the largest rank (MoRE is then LoRA r=8) and moves from there
-    _glue("more", "more-start-max", "method.alpha=16", *NO_LS, "method.start_at_max_rank=true"),
+    _glue("more", "more-start-max", *START_MAX),
     # twice the largest rank at the same alpha/r: against LoRA r=16, the parameter-matched baseline
     _glue(
         "more", "more-r16", "method.max_rank=16", "method.alpha=32", *NO_LS, "method.start_at_max_rank=true"
     ),
+    # the selector's learning rate (gates and task embeddings; default: the adapter's 1e-3), 10x each way
+    _glue("more", "more-router-lr-1e-4", *START_MAX, "train.router_lr=1e-4"),
+    _glue("more", "more-router-lr-1e-2", *START_MAX, "train.router_lr=1e-2"),
     _glue("more", "more-paper-scaling-spread", *PAPER_SCALING, *SPREAD_SELECTOR),
     _glue(
         "more",
