@@ -270,10 +270,13 @@ def run_one(suite: str, variant: Variant, seed: int, data_dir: str, out_dir: Pat
         proc = subprocess.Popen(
             [sys.executable, "-m", "rankmix.cli", *args], cwd=REPO, stdout=log, stderr=log
         )
-        while proc.poll() is None:  # the wall time of this attempt is kept even if the suite is killed
-            time.sleep(15)
-            spent["wall_time_s"] = before + time.time() - start
-            write_json(wall_file, spent)
+        while True:  # the wall time of this attempt is kept even if the suite is killed
+            try:
+                proc.wait(timeout=15)
+                break
+            except subprocess.TimeoutExpired:
+                spent["wall_time_s"] = before + time.time() - start
+                write_json(wall_file, spent)
     spent["wall_time_s"] = before + time.time() - start
     write_json(wall_file, spent)
     if proc.returncode != 0:
