@@ -95,8 +95,10 @@ def table(suite: str, records: dict[str, dict[int, dict]]) -> str:
             if s in base
         ]
         cells.append("-" if name == spec.baseline else mean_std(paired, "+"))
-        params = runs[0]["results"]["parameters"]
-        cells += [f"{params['trainable']:,}", f"{params['active_per_token']:,}"]
+        trainable = runs[0]["results"]["parameters"]["trainable"]
+        # MoRE's active parameters follow the ranks its tasks select, so they vary by seed
+        active = statistics.mean(r["results"]["parameters"]["active_per_token"] for r in runs)
+        cells += [f"{trainable:,}", f"{active:,.0f}"]
         selects = method_named(runs[0]["results"]["method"]["method"]).nested  # MoRE: a rank per task
         selected = [
             r["details"]["selected_ranks"] for r in runs if selects and "selected_ranks" in r["details"]
