@@ -161,13 +161,14 @@ GLUE_MORE_STUDY = (
 # (explicit, so that the committed results still describe what they ran: rank scaling at alpha 16 was
 # the default when they ran, rslora at alpha 5.66 is the default they justified)
 RANK_SCALING = ("method.scaling=rank", "method.alpha=16")
+RSLORA_SCALING = ("method.scaling=rslora", "method.alpha=5.66")
 GLUE_HILO_STUDY = (
     _glue("hilo", "hilo-rank-scaling", *RANK_SCALING),
     _glue("hilo", "hilo-constant-scaling", "method.scaling=constant", "method.alpha=16"),
-    _glue("hilo", "hilo-rslora-scaling", "method.scaling=rslora", "method.alpha=5.66"),
+    _glue("hilo", "hilo-rslora-scaling", *RSLORA_SCALING),
     _glue("hilo", "hilo-no-balance", *RANK_SCALING, "method.balance_weight=0"),
     # dynamic routing: p = 0.8 (GLUE suite) keeps 1.9 of the 2 experts per token; a lower p drops more
-    _glue("hilo", "hilo-topp-0.5", "method.scaling=rslora", "method.alpha=5.66", "method.top_p=0.5"),
+    _glue("hilo", "hilo-topp-0.5", *RSLORA_SCALING, "method.top_p=0.5"),
 )
 SUITES = {
     "glue-hilo-study": Suite(
