@@ -3,6 +3,7 @@ and the inference latency of a merged MoRE model against its base model.
 
     python benchmarks/speed.py                      # both models (MiniLM-L6, SmolLM2-135M)
     python benchmarks/speed.py --models minilm --steps 3
+    python benchmarks/speed.py --random-weights     # on a GPU machine without the model packages
 
 Variants are stepped round-robin so machine noise hits all of them alike; every number is reported
 as a ratio against PEFT LoRA (training) or the base model (inference) from the same run. Peak memory
@@ -38,12 +39,31 @@ VARIANTS = ["peft-lora", "lora", "more", "hilo", "mola", "hilo-loop"]
 DROPOUT = 0.1
 
 
-def load_base(name: str) -> tuple[nn.Module, tuple[int, int]]:
-    if name == "minilm":
-        from transformers import AutoModelForSequenceClassification
+# The two models' architectures, for --random-weights: same shapes, so the same step cost.
+ARCHITECTURES = {
+    "minilm": dict(
+        model_type="bert", hidden_size=384, intermediate_size=1536, num_hidden_layers=6,
+        num_attention_heads=12, vocab_size=30522, num_labels=2,
+    ),
+    "smollm2": dict(
+        model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True,
+    ),
+}  # fmt: skip
+BATCHES = {"minilm": (32, 128), "smollm2": (8, 128)}
 
-        return AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2), (32, 128)
-    return load_smollm2(), (8, 128)
+
+def load_base(name: str, random_weights: bool) -> nn.Module:
+    """The packaged pretrained model, or (random_weights) one of its architecture built from a config:
+    a GPU machine gets only the working tree, not the model packages."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForSequenceClassification if name == "minilm" else AutoModelForCausalLM
+    if random_weights:
+        return auto.from_config(AutoConfig.for_model(**ARCHITECTURES[name]))
+    if name == "minilm":
+        return auto.from_pretrained(minilm_path(), num_labels=2)
+    return load_smollm2()
 
 
 def loop_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,10 +147,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def prepare(name: str, device: torch.device) -> tuple[nn.Module, dict, dict, torch.Tensor]:
+def prepare(
+    name: str, device: torch.device, random_weights: bool
+) -> tuple[nn.Module, dict, dict, torch.Tensor]:
     """The base model, one adapted copy per variant (non-zero B, same seed), the batch and task ids."""
     torch.manual_seed(0)
-    base, (batch, seq) = load_base(name)
+    base, (batch, seq) = load_base(name, random_weights), BATCHES[name]
     base.to(device)
     targets = find_targets(base, "all-linear")
     input_ids = torch.randint(5, base.config.vocab_size, (batch, seq), device=device)
@@ -159,9 +181,9 @@ def make_optims(models: dict) -> dict:
     }
 
 
-def memory_pass(name: str, device: torch.device) -> dict[str, int]:
+def memory_pass(name: str, device: torch.device, random_weights: bool) -> dict[str, int]:
     """Peak working memory of one training step per variant, after a warm-up step (optimizer state exists)."""
-    _, models, inputs, task_ids = prepare(name, device)
+    _, models, inputs, task_ids = prepare(name, device, random_weights)
     optims = make_optims(models)
     peaks = {}
     for v, m in models.items():
@@ -174,18 +196,22 @@ def memory_pass(name: str, device: torch.device) -> dict[str, int]:
     return peaks
 
 
-def run_memory_pass(name: str, device: torch.device) -> dict[str, int]:
+def run_memory_pass(name: str, device: torch.device, random_weights: bool) -> dict[str, int]:
     if device.type == "cuda":
-        return memory_pass(name, device)
+        return memory_pass(name, device, random_weights)
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed tensors go back to the kernel
     out = subprocess.run(
-        [sys.executable, __file__, "--memory-pass", name], env=env, check=True, capture_output=True, text=True
+        [sys.executable, __file__, "--memory-pass", name] + ["--random-weights"] * random_weights,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_model(name: str, steps: int, warmup: int, device: torch.device) -> dict:
-    base, models, inputs, task_ids = prepare(name, device)
+def bench_model(name: str, steps: int, warmup: int, device: torch.device, random_weights: bool) -> dict:
+    base, models, inputs, task_ids = prepare(name, device, random_weights)
     with torch.no_grad():  # the loop reference must compute what the fused bank computes
         models["hilo-loop"].load_state_dict(models["hilo"].state_dict())
         fused, loop = (models[v].eval()(**inputs).logits for v in ("hilo", "hilo-loop"))
@@ -226,7 +252,7 @@ def bench_model(name: str, steps: int, warmup: int, device: torch.device) -> dic
     del base, plain, merged, more
 
     print(f"  {name} memory pass ...", flush=True)
-    peaks = run_memory_pass(name, device)
+    peaks = run_memory_pass(name, device, random_weights)
     for v in VARIANTS:
         train[v]["peak_mb"] = peaks[v] / 2**20
         train[v]["peak_ratio"] = peaks[v] / peaks["peft-lora"]
@@ -265,13 +291,14 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(results: dict, path: Path) -> None:
-    start, end = "<!-- speed:start -->", "<!-- speed:end -->"
+def write_markdown(results: dict, path: Path, section_name: str) -> None:
+    start, end = f"<!-- {section_name}:start -->", f"<!-- {section_name}:end -->"
     c = results["conditions"]
     section = (
         f"{start}\nCommand: `{c['command']}`  \nDevice: {c['device']}, torch {c['torch']}, "
-        f"{c['threads']} threads, {c['steps']} timed steps after {c['warmup']} warm-up (medians), "
-        f"dropout {DROPOUT}, all linear layers of every block adapted.\n\n{table(results)}\n{end}"
+        f"{c['threads']} threads, {c['weights']} weights, {c['steps']} timed steps after {c['warmup']} "
+        f"warm-up (medians), dropout {DROPOUT}, all linear layers of every block adapted.\n\n"
+        f"{table(results)}\n{end}"
     )
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if start in text:
@@ -290,13 +317,19 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["minilm", "smollm2"], choices=["minilm", "smollm2"])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "speed.json")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="models built from their configs: no model packages needed",
+    )
+    parser.add_argument("--out", type=Path, help="default: results/speed.json (speed-cuda.json on a GPU)")
     parser.add_argument("--markdown", type=Path, default=ROOT.parent / "BENCHMARKS.md")
     parser.add_argument("--memory-pass", help=argparse.SUPPRESS)  # internal: one model's memory, as JSON
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    section = "speed" if device.type == "cpu" else "speed-cuda"  # a GPU run keeps the CPU table
     if args.memory_pass:
-        print(json.dumps(memory_pass(args.memory_pass, device)))
+        print(json.dumps(memory_pass(args.memory_pass, device, args.random_weights)))
         return
     results = {
         "conditions": {
@@ -308,18 +341,20 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "steps": args.steps,
             "warmup": args.warmup,
+            "weights": "random (built from configs)" if args.random_weights else "pretrained",
             "targets": TARGETS,
         },
         "models": {},
     }
     for name in args.models:
         print(f"benchmarking {name} ...", flush=True)
-        results["models"][name] = bench_model(name, args.steps, args.warmup, device)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
+        results["models"][name] = bench_model(name, args.steps, args.warmup, device, args.random_weights)
+    out = args.out or ROOT / "results" / f"{section}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, args.out)
-    write_markdown(results, args.markdown)
+    os.replace(tmp, out)
+    write_markdown(results, args.markdown, section)
     print(table(results))
 
 
