@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from accuracy import provenance
-from rankmix.files import write_json
+from rankmix.files import write_json, write_text
 from render import MARKDOWN, replace_section
 
 ROOT = Path(__file__).resolve().parent
@@ -169,7 +169,7 @@ def main() -> None:
         f"{args.skip + 1}-{args.steps} of each run; medians of {args.rounds} rounds, trees alternated."
         f"\n\n{table(results)}"
     )
-    MARKDOWN.write_text(replace_section(MARKDOWN.read_text(), SECTION, body))
+    write_text(MARKDOWN, replace_section(MARKDOWN.read_text(), SECTION, body))
     print(table(results))
 
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from accuracy import provenance
-from rankmix.files import write_json
+from rankmix.files import write_json, write_text
 from render import MARKDOWN, replace_section
 
 ROOT = Path(__file__).resolve().parent
@@ -104,7 +104,7 @@ def main() -> None:
         "the time `train()` reports (loading, training, evaluation, checkpoint), median of "
         f"{args.rounds} rounds.\n\n{table(results)}"
     )
-    MARKDOWN.write_text(replace_section(MARKDOWN.read_text(), SECTION, body))
+    write_text(MARKDOWN, replace_section(MARKDOWN.read_text(), SECTION, body))
     print(table(results))
 
 

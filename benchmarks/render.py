@@ -155,12 +155,13 @@ def plots(suite: str, records: dict[str, dict[int, dict]], folder: Path) -> list
     return written
 
 
-def replace_section(text: str, suite: str, body: str) -> str:
+def replace_section(text: str, suite: str, body: str, heading: str | None = None) -> str:
+    """`text` with the block between the suite's markers replaced, or appended under `heading`."""
     start, end = f"<!-- {suite}:start -->", f"<!-- {suite}:end -->"
     block = f"{start}\n{body}\n{end}"
     if start in text:
         return re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    return text.rstrip() + f"\n\n## Accuracy: {suite}\n\n{block}\n"
+    return text.rstrip() + f"\n\n## {heading or f'Accuracy: {suite}'}\n\n{block}\n"
 
 
 def main() -> None:

@@ -30,8 +30,10 @@ import torch
 from torch import nn
 
 from rankmix import HiLoConfig, LoRAConfig, MoLAConfig, MoREConfig, get_model
+from rankmix.files import write_json, write_text
 from rankmix.model import find_targets
 from rankmix.pretrained import load_smollm2, minilm_path
+from render import replace_section
 
 ROOT = Path(__file__).resolve().parent
 TASKS = ["t0", "t1", "t2", "t3"]
@@ -291,23 +293,15 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(results: dict, path: Path, section_name: str) -> None:
-    start, end = f"<!-- {section_name}:start -->", f"<!-- {section_name}:end -->"
+def write_markdown(results: dict, path: Path, section: str) -> None:
     c = results["conditions"]
-    section = (
-        f"{start}\nCommand: `{c['command']}`  \nDevice: {c['device']}, torch {c['torch']}, "
+    body = (
+        f"Command: `{c['command']}`  \nDevice: {c['device']}, torch {c['torch']}, "
         f"{c['threads']} threads, {c['weights']} weights, {c['steps']} timed steps after {c['warmup']} "
-        f"warm-up (medians), dropout {DROPOUT}, all linear layers of every block adapted.\n\n"
-        f"{table(results)}\n{end}"
+        f"warm-up (medians), dropout {DROPOUT}, all linear layers of every block adapted.\n\n{table(results)}"
     )
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if start in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n## Speed and memory\n\n" + section + "\n"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, replace_section(text, section, body, heading="Speed and memory"))
 
 
 def main() -> None:
@@ -349,11 +343,7 @@ def main() -> None:
     for name in args.models:
         print(f"benchmarking {name} ...", flush=True)
         results["models"][name] = bench_model(name, args.steps, args.warmup, device, args.random_weights)
-    out = args.out or ROOT / "results" / f"{section}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out)
+    write_json(args.out or ROOT / "results" / f"{section}.json", results)
     write_markdown(results, args.markdown, section)
     print(table(results))
 
