@@ -453,7 +453,12 @@ def test_inspect_prints_layers_and_selected_ranks(runs, model_dirs, family):
     reference = reference_model(model_dirs, family, run)
     counts = reference.parameter_counts()
     counts["trainable"] = counts["adapter"] + counts["router"]  # loaded for inspection as trained
+    if family == "encoder":  # the task heads train too, and count as train counts them
+        counts["heads"] = sum(p.numel() for p in load_file(run / "adapter" / "heads.safetensors").values())
+        counts["trainable"] += counts["heads"]
+        counts["total"] += counts["heads"]
     assert f"parameters: {counts}" in stdout
+    assert counts == json.loads((run / "results.json").read_text())["parameters"]  # one definition
     lines = stdout.splitlines()
     header = next(
         i for i, line in enumerate(lines) if line.split()[:4] == ["layer", "modules", "experts", "ranks"]
@@ -1311,3 +1316,239 @@ def test_export_all_tasks_reproduces_the_run_in_stock_peft(runs, model_dirs, fam
                 got = output_of(PeftModel.from_pretrained(base, folder).eval()(**inputs))
             want = native
         assert torch.allclose(got, want, atol=ATOL), (task, (got - want).abs().max())
+
+
+# -- 7. the user's files: rankmix touches only what it wrote -----------------------------------------
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_training_a_runs_own_run_yaml_never_touches_the_working_directory(runs, tmp_path, monkeypatch):
+    """`rankmix train RUN/run.yaml` resumes RUN itself (its paths are relative to it), from any working
+    directory, and `--overwrite` retrains RUN: a working directory with a user's file is left alone."""
+    run = copy_run(runs.get("decoder")[0], tmp_path / "run")
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "notes.txt").write_text("notes")
+    monkeypatch.chdir(work)
+    stdout = ok("train", run / "run.yaml", "--no-progress", "--set", "train.steps=12")
+    assert f"resuming {run} from step 8" in stdout
+    assert json.loads((run / "results.json").read_text())["steps"] == 12
+    ok("train", run / "run.yaml", "--no-progress", "--set", "train.steps=12", "--overwrite")
+    assert _tree(work) == {"notes.txt": b"notes"}
+    assert json.loads((run / "results.json").read_text())["steps"] == 12
+    assert (run / ".rankmix-run").is_file()
+
+
+def test_overwrite_never_clears_the_working_directory_or_a_checkout(runs, bad, capsys, tmp_path, monkeypatch):
+    """A run folder that is the working directory (or holds it), or holds a .git, is never cleared."""
+    recipe, _ = bad()
+    run = copy_run(runs.get("decoder")[0], tmp_path / "run")
+    monkeypatch.chdir(run)
+    before = _tree(run)
+    err = fails(capsys, "train", recipe, "--overwrite", "--set", "output_dir=.")
+    assert "working directory" in err and "leaves it alone" in err
+    (run / "adapter").mkdir(exist_ok=True)
+    monkeypatch.chdir(run / "adapter")
+    assert "working directory" in fails(capsys, "train", recipe, "--overwrite", "--set", f"output_dir={run}")
+    monkeypatch.chdir(tmp_path)
+    (run / ".git").mkdir()
+    assert ".git" in fails(capsys, "train", recipe, "--overwrite", "--set", f"output_dir={run}")
+    (run / ".git").rmdir()
+    assert _tree(run) == before
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["fresh", "overwrite"])
+def test_a_folder_that_is_not_a_run_is_refused_and_kept(bad, capsys, tmp_path, overwrite):
+    """A non-empty folder rankmix did not write is neither trained into (no file replaced, no log
+    appended to) nor deleted, with or without --overwrite; the message names what it found."""
+    recipe, _ = bad()
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "results.json").write_text('{"my": 1}')
+    (folder / "metrics.jsonl").write_text('{"mine": true}\n')
+    err = fails(capsys, "train", recipe, "--set", f"output_dir={folder}", *["--overwrite"] * overwrite)
+    assert "metrics.jsonl, results.json" in err and "no rankmix run" in err
+    assert _tree(folder) == {"metrics.jsonl": b'{"mine": true}\n', "results.json": b'{"my": 1}'}
+
+
+def test_overwrite_refuses_a_run_folder_holding_a_users_file(runs, bad, capsys, tmp_path):
+    """A user's file inside a run folder: resuming leaves it alone, --overwrite refuses and names it."""
+    run = copy_run(runs.get("decoder")[0], tmp_path / "run")
+    (run / "notes.txt").write_text("mine")
+    ok("train", runs.root / "decoder-more.yaml", "--no-progress", "--set", f"output_dir={run}")
+    err = fails(capsys, "train", runs.root / "decoder-more.yaml", "--overwrite", "--set", f"output_dir={run}")
+    assert "notes.txt" in err
+    assert (run / "notes.txt").read_text() == "mine" and (run / "adapter").is_dir()
+
+
+def test_run_folder_of_an_earlier_version_is_overwritten(runs, tmp_path):
+    """A run folder without the marker (earlier versions) that holds only rankmix's files is a run."""
+    run = copy_run(runs.get("decoder")[0], tmp_path / "run")
+    (run / ".rankmix-run").unlink()
+    (run / ".rankmix-lock").unlink()
+    ok("train", runs.root / "decoder-more.yaml", "--no-progress", "--overwrite", "--set", f"output_dir={run}")
+    assert (run / ".rankmix-run").is_file() and (run / "adapter").is_dir()
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "tb"])
+def test_a_symlink_in_a_run_folder_is_refused(runs, capsys, tmp_path, name):
+    """A run's log or TensorBoard folder that points elsewhere is refused, and what it points to is kept."""
+    run = copy_run(runs.get("decoder")[0], tmp_path / "run")
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(run / name, elsewhere)
+    (run / name).symlink_to(elsewhere)
+    before = elsewhere.read_bytes() if elsewhere.is_file() else sorted(elsewhere.iterdir())
+    err = fails(capsys, "train", runs.root / "decoder-more.yaml", "--set", f"output_dir={run}")
+    assert "symbolic link" in err and name in err
+    assert before == (elsewhere.read_bytes() if elsewhere.is_file() else sorted(elsewhere.iterdir()))
+
+
+def test_one_writer_per_run_folder_and_a_killed_run_resumes(model_dirs, glue_data, capsys, tmp_path):
+    """Two real processes: while one trains, a second `rankmix train` on its folder exits 2 with one line
+    naming the process; once the first is SIGKILLed, the lock is gone with it and the run resumes."""
+    out = tmp_path / "run"
+    data = recipe_dict(
+        model_dirs["decoder"], out, glue_data, steps=100_000, eval_every=100_000, checkpoint_every=2
+    )
+    recipe = write_recipe(tmp_path / "long.yaml", data)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "rankmix.cli", "train", str(recipe), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while not (out / "checkpoint.pt").is_file():
+            assert first.poll() is None and time.time() < deadline, "the first run did not start"
+            time.sleep(0.2)
+        err = fails(capsys, "train", recipe, "--no-progress")
+        assert f"in use: process {first.pid}" in err and "rankmix train" in err
+        err = fails(capsys, "train", recipe, "--no-progress", "--overwrite")  # --overwrite neither
+        assert f"in use: process {first.pid}" in err
+    finally:
+        first.kill()
+        first.wait()
+    step = torch.load(out / "checkpoint.pt", weights_only=True)["state"]["step"]
+    stdout = ok("train", recipe, "--no-progress", "--set", f"train.steps={step + 2}")
+    assert f"from step {step}" in stdout
+    assert json.loads((out / "results.json").read_text())["steps"] == step + 2
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["eval-folder", "predict-folder", "predict-under-file", "merge-file", "export-file", "train-under-file"],
+)
+def test_output_paths_that_cannot_be_written_are_one_line(runs, capsys, tmp_path, command):
+    """Every output path that is a folder where a file goes (or the reverse), or under a file: exit 2
+    with one line naming the path, before any work, and nothing written."""
+    run = runs.get("decoder")[0]
+    folder, file = tmp_path / "folder", tmp_path / "existing_file.txt"
+    folder.mkdir()
+    file.write_text("mine")
+    args = {
+        "eval-folder": ["eval", run, "--out", folder],
+        "predict-folder": ["predict", run, "--task", "rte", "--input", file, "--out", folder],
+        "predict-under-file": ["predict", run, "--task", "cola", "--text", "a b", "--out", file / "p.jsonl"],
+        "merge-file": ["merge", run, "--task", "rte", "--out", file],
+        "export-file": ["export-lora", run, "--task", "rte", "--out", file],
+        "train-under-file": ["train", runs.root / "decoder-more.yaml", "--set", f"output_dir={file}/sub"],
+    }[command]
+    before = _tree(tmp_path)
+    err = fails(capsys, *args)
+    assert str(folder if "folder" in command else file) in err
+    assert _tree(tmp_path) == before
+
+
+def test_merge_into_a_folder_that_holds_files_is_refused(runs, capsys, tmp_path):
+    """merge and export write a new or empty folder as a whole; one that holds files is refused."""
+    run = runs.get("decoder")[0]
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "config.json").write_text("mine")
+    for command in ("merge", "export-lora"):
+        err = fails(capsys, command, run, "--task", "rte", "--out", out)
+        assert "already holds files" in err
+    assert _tree(out) == {"config.json": b"mine"}
+
+
+def test_written_files_follow_the_umask(runs, tmp_path):
+    """Adapters, heads, merged models and exports are as readable as the umask allows (not 0600)."""
+    run = runs.get("encoder")[0]
+    ok("merge", run, "--task", "rte", "--out", tmp_path / "merged")
+    ok("export-lora", run, "--task", "rte", "--out", tmp_path / "lora")
+    mask = os.umask(0)
+    os.umask(mask)
+    files = [*run.rglob("*.safetensors"), *(tmp_path / "merged").iterdir(), *(tmp_path / "lora").iterdir()]
+    assert any(f.name == "model.safetensors" for f in files)
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
+
+
+def test_diverged_run_says_truthfully_what_it_keeps(bad, capsys):
+    """A loss that diverges before the first evaluation: the message says there is no checkpoint yet."""
+    recipe, out = bad(lr=1.0e30, max_grad_norm=None, checkpoint_every=None)
+    capsys.readouterr()
+    code, _, err = cli("train", recipe, "--no-progress")
+    assert code == 1 and "diverged" in err
+    assert "holds no checkpoint yet" in err and "best adapter" not in err
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_planted_checkpoint_message_never_suggests_unpickling(runs, capsys, tmp_path):
+    run = copy_run(runs.get("decoder")[0], tmp_path / "run")
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (run / name).write_bytes(pickle.dumps({"state": _Planted(tmp_path / "pwned")}))
+    err = fails(
+        capsys, "train", runs.root / "decoder-more.yaml", "--no-progress", "--set", f"output_dir={run}"
+    )
+    assert "weights_only" not in err and "will not unpickle" in err
+
+
+def test_predict_refuses_a_zero_batch_and_an_empty_text(runs, capsys):
+    run = runs.get("decoder")[0]
+    assert "--batch-size must be a positive" in fails(
+        capsys, "predict", run, "--task", "cola", "--text", "a", "--batch-size", "0"
+    )
+    assert "--text is empty" in fails(capsys, "predict", run, "--task", "cola", "--text", " ")
+
+
+def test_warnings_print_as_one_line(monkeypatch, capsys):
+    """A warning raised while a command runs prints as one line `rankmix CMD: warning: ...`, without
+    Python's file, line number and source line (as Python's default showwarning prints it)."""
+    import rankmix.cli as cli_module
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    monkeypatch.setattr(cli_module, "cmd_tasks", lambda args: warnings.warn("skipped 1 row", stacklevel=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        monkeypatch.setattr(warnings, "showwarning", show)
+        cli_module.main(["tasks"])
+    assert capsys.readouterr().err == "rankmix tasks: warning: skipped 1 row\n"
+
+
+def test_wall_time_adds_up_over_resumes(runs, monkeypatch):
+    """results.json's wall time is the run's, over every segment, not the last one's."""
+    from rankmix.recipes import train as train_mod
+
+    recipe = runs.recipe("decoder-wall", "decoder", checkpoint_every=2)
+    run = runs.root / "decoder-wall"
+    original = train_mod.TaskSampler.next_batch
+    calls = {"n": 0}
+
+    def slow_then_stop(self):
+        calls["n"] += 1
+        time.sleep(0.3)
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(train_mod.TaskSampler, "next_batch", slow_then_stop)
+    assert cli("train", recipe, "--no-progress")[0] == 130
+    monkeypatch.undo()
+    first = torch.load(run / "checkpoint.pt", weights_only=True)["state"]["wall_time_s"]
+    assert first >= 6 * 0.3
+    ok("train", recipe, "--no-progress")
+    assert json.loads((run / "results.json").read_text())["wall_time_s"] >= first

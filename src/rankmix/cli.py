@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .recipes.run_config import load_run_config
@@ -15,9 +16,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     from accelerate import PartialState
 
     from .recipes.evaluate import format_table
+    from .recipes.run_folder import is_run_file
     from .recipes.train import train
 
-    cfg = load_run_config(args.config, args.set)
+    # a run folder's run.yaml names the run folder and its files relative to itself
+    cfg = load_run_config(args.config, args.set, paths_from_file=is_run_file(Path(args.config)))
     results = train(cfg, overwrite=args.overwrite, progress=not args.no_progress, device=args.device)
     if not PartialState().is_main_process:
         return
@@ -29,11 +32,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .files import write_json
+    from .files import check_target, write_json
     from .recipes.evaluate import format_table
     from .recipes.run import evaluate_run, open_run, resolve_device
 
     device = resolve_device(args.device)
+    if args.out:
+        check_target(args.out, "--out")
     run, _ = open_run(args.adapter, args.set, splits=("dev",))
     results = evaluate_run(run, run.model.to(device), mode=args.mode)
     print(format_table(results))
@@ -44,12 +49,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     import json
 
-    from .files import write_text
+    from .files import check_target, write_text
     from .recipes.predict import predict_records, read_rows, text_example
     from .recipes.run import check_task, open_run, resolve_device
 
     if (args.input is None) == (args.text is None):
         raise ValueError("pass either --input FILE.jsonl or --text TEXT")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.out:
+        check_target(args.out, "--out")
     device = resolve_device(args.device)
     run, _ = open_run(args.adapter, args.set)
     task = check_task(run, args.task, with_head=True)
@@ -67,18 +76,22 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
+    from .files import check_target
     from .recipes.run import merge_task, open_run
 
+    check_target(args.out, "--out", folder=True, empty=True)
     run, _ = open_run(args.adapter, args.set)
     out = merge_task(run, args.task, Path(args.out))
     print(f"merged model for task {args.task!r} written to {out}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from .files import check_target
     from .recipes.run import export_all_tasks, export_task, open_run
 
     if args.all_tasks and args.task:
         raise ValueError("pass --task T or --all-tasks, not both")
+    check_target(args.out, "--out", folder=True, empty=True)
     run, _ = open_run(args.adapter, args.set)
     if args.all_tasks:
         for path in export_all_tasks(run, Path(args.out)):
@@ -93,6 +106,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         allocation_by_layer,
         build_model,
         open_run,
+        parameters,
         resolve_tasks,
         selected_ranks_by_layer,
     )
@@ -101,13 +115,13 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     trained = path.is_dir()
     if trained:
         run, _ = open_run(args.target, args.set)
-        adapted, tasks = run.adapted, [t.name for t in run.tasks]
+        adapted, heads, tasks = run.adapted, run.heads, [t.name for t in run.tasks]
     else:
         cfg = load_run_config(path, args.set)
-        _, adapted, _, _ = build_model(cfg, resolve_tasks(cfg))
-        tasks = cfg.tasks
+        model, adapted, _, family = build_model(cfg, resolve_tasks(cfg))
+        heads, tasks = family.heads(model), cfg.tasks
     print(f"method: {adapted.adapter_config.method}   tasks: {tasks}")
-    print("parameters:", adapted.parameter_counts())
+    print("parameters:", parameters(adapted, heads))
     print(f"\n{'layer':>5} {'modules':>7} {'experts':>8} {'ranks':<20}")
     for layer, rows in allocation_by_layer(adapted).items():
         experts = sorted({len(r) for r in rows})
@@ -135,7 +149,8 @@ def cmd_tasks(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from .recipes.run import PLOTS, open_run, plot_run
+    from .recipes.run import open_run, plot_run
+    from .recipes.run_folder import PLOTS
 
     run, path = open_run(args.adapter, args.set, splits=("dev",))
     for p in plot_run(run, Path(args.out or path.parent / PLOTS)):
@@ -214,12 +229,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     code = 0
+    formatwarning = warnings.formatwarning
+    if not args.debug:  # a warning is one line, like an error, without Python's source line
+        warnings.formatwarning = lambda message, *_, **__: f"rankmix {args.command}: warning: {message}\n"
     try:
         args.fn(args)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
         if args.debug:
             raise
         print(f"rankmix {args.command}: error: {e}", file=sys.stderr)
+        code = 2
+    except OSError as e:  # a path given cannot be read or written as asked (checked early where possible)
+        if args.debug:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(
+            f"rankmix {args.command}: error: {e.strerror or e}{where}; check that path (a folder where "
+            "a file goes, or the reverse, its permissions, the free space)",
+            file=sys.stderr,
+        )
         code = 2
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one while loading
         print(f"rankmix {args.command}: interrupted", file=sys.stderr)
@@ -231,6 +259,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"rankmix {args.command}: {e}", file=sys.stderr)
         code = e.exit_code
+    finally:
+        warnings.formatwarning = formatwarning
     leave(code)
 
 

@@ -54,10 +54,17 @@ def _umask() -> int:
     return mask
 
 
-def _usual_mode(path: str | os.PathLike, mode: int) -> None:
-    """Give a temporary file or folder (created private, 0600/0700) the mode a plain open() or mkdir()
-    would have, so that teammates read a shared run as the user's umask allows."""
-    os.chmod(path, mode & ~_umask())
+def _usual_mode(path: str | os.PathLike) -> None:
+    """Give a file or folder written through a private temporary one (0600/0700, also what safetensors
+    and transformers leave) the mode a plain open() or mkdir() would have, so that teammates read a
+    shared run as the user's umask allows; a folder's contents too."""
+    mask = _umask()
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
@@ -66,9 +73,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    _usual_mode(tmp, 0o666)
     try:
         write(tmp)
+        _usual_mode(tmp)  # after the write: writers that replace the file set their own mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -97,9 +104,9 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    _usual_mode(tmp, 0o777)
     try:
         yield tmp
+        _usual_mode(tmp)
         old = folder.with_name(f".{folder.name}.old")
         if folder.exists():
             os.replace(folder, old)
@@ -107,3 +114,25 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_target(path: str | os.PathLike, what: str, folder: bool = False, empty: bool = False) -> Path:
+    """Refuse, before any work, an output path that cannot be written as asked: a folder where a file
+    goes (or the reverse), a path under a file, a place without write permission, and with `empty` a
+    folder that already holds files (rankmix replaces only what it wrote). Returns the path."""
+    path = Path(path)
+    kind, other = ("folder", "file") if folder else ("file", "folder")
+    if path.exists() and path.is_dir() != folder:
+        raise ValueError(f"{what} {path} is a {other}; give a {kind} path")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing != path and not existing.is_dir():
+        raise ValueError(f"{what} {path} is under {existing}, which is a file; give a {kind} path elsewhere")
+    writable_in = existing if existing != path or folder else path.parent
+    if not os.access(writable_in, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path}: no permission to write in {writable_in}; choose a {kind} you own")
+    if empty and path.is_dir() and any(path.iterdir()):
+        raise ValueError(
+            f"{what} {path} already holds files, and rankmix writes only into a new or empty folder; "
+            "remove it or choose another"
+        )
+    return path

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .recipes.evaluate import format_table
-from .recipes.run import PLOTS, open_run, plot_run
+from .recipes.run import open_run, plot_run
 from .recipes.run_config import RunConfig, TrainConfig
+from .recipes.run_folder import PLOTS
 from .recipes.train import train
 
 TASKS = ["sentiment", "topic", "negation"]
@@ -55,8 +56,9 @@ def quickstart(out: Path, steps: int | None = None) -> dict[str, dict]:
             f"{m}: average {results[m]['average']:.3f}, trainable {p['trainable']:,}, "
             f"active per token {p['active_per_token']:,}, {results[m]['wall_time_s']} s"
         )
-    run, _ = open_run(out / "more", [], splits=("dev",))
-    for path in plot_run(run, out / "more" / PLOTS):
-        print(path)
+    for m in METHODS:
+        run, _ = open_run(out / m, [], splits=("dev",))
+        for path in plot_run(run, out / m / PLOTS):
+            print(path)
     print(f"adapters, results.json and plots in {out}/<method>/")
     return results

@@ -5,6 +5,7 @@ checkpoint before the latest is kept beside it, so a damaged latest one falls ba
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +21,41 @@ def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+# The options a resumed run must share with the run that wrote its checkpoint: what the training so far
+# depended on. Opt in: an option added later (or one that only says how long, how often or where to
+# write) never stops an older checkpoint from resuming.
+RESUME_KEYS = (
+    "model",
+    "tasks",
+    "method",
+    "data_dir",
+    "custom_tasks",
+    "strict",
+    "eval_mode",
+    "train.batch_size",
+    "train.lr",
+    "train.head_lr",
+    "train.router_lr",
+    "train.weight_decay",
+    "train.max_grad_norm",
+    "train.warmup_steps",
+    "train.grad_accum",
+    "train.mixed_precision",
+    "train.seed",
+    "train.data_seed",
+    "train.sampling",
+    "train.temperature",
+    "train.batch_mode",
+    "train.max_length",
+    "train.max_train_examples",
+    "train.max_eval_examples",
+)
+
+
 def resume_key(cfg: RunConfig) -> dict[str, Any]:
-    """The options a resumed run must share with the run that wrote the checkpoint (it may train longer)."""
-    flat = {}
-    for key, value in cfg.to_dict().items():
-        if key == "train":
-            flat.update({f"train.{k}": v for k, v in value.items()})
-        else:
-            flat[key] = value
-    for key in (
-        "output_dir",
-        "train.steps",
-        "train.eval_every",
-        "train.checkpoint_every",
-        "train.log_every",
-        "train.num_workers",
-    ):
-        flat.pop(key)
-    return flat
+    """The values of RESUME_KEYS in `cfg`."""
+    data = cfg.to_dict()
+    return {k: data["train"][k[6:]] if k.startswith("train.") else data[k] for k in RESUME_KEYS}
 
 
 def previous(path: Path) -> Path:
@@ -82,8 +100,14 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         # weights_only: tensors and plain containers only, so a planted pickle cannot run code here
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own message suggests weights_only=False: never for this file
+        raise ValueError(
+            f"checkpoint {path} is unreadable: it holds objects other than tensors and plain data, so "
+            "rankmix did not write it (or it is damaged), and rankmix will not unpickle it"
+        ) from None
     except Exception as e:
-        raise ValueError(f"checkpoint {path} is unreadable ({str(e).splitlines()[0]})") from None
+        why = str(e).splitlines()[0]
+        raise ValueError(f"checkpoint {path} is unreadable (damaged or truncated: {why})") from None
     if not isinstance(ckpt, dict) or not {"params", "state", "optimizer"} <= set(ckpt):
         raise ValueError(f"checkpoint {path} is not a rankmix checkpoint")
     return ckpt
@@ -113,12 +137,8 @@ def load_checkpoint(
             problems.append(str(e))
     else:
         raise ValueError(f"{'; '.join(problems)}; pass --overwrite to train afresh")
-    saved = ckpt["state"].get("config", {})
-    differ = [
-        f"{k}: {saved.get(k)!r} there, {key.get(k)!r} here"
-        for k in sorted(set(saved) | set(key))
-        if saved.get(k) != key.get(k)
-    ]
+    saved = ckpt["state"].get("config", {})  # may hold more options (older checkpoints held every option)
+    differ = [f"{k}: {saved.get(k)!r} there, {v!r} here" for k, v in sorted(key.items()) if saved.get(k) != v]
     rng = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]  # one process, before 0.2
     if len(rng) != world:
         differ.append(f"processes: {len(rng)} there, {world} here (each process slices the global batch)")

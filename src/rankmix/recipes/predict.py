@@ -28,10 +28,10 @@ def read_rows(path: Path, task: Task) -> list[Example]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}, line {number}: not valid JSON ({e})") from None
         wanted = [first, second] if pair else [first]
-        if not isinstance(row, dict) or any(not isinstance(row.get(k), str) for k in wanted):
+        if not isinstance(row, dict) or not all(_is_text(row.get(k)) for k in wanted):
             raise ValueError(
-                f"{path}, line {number}: task {task.name} needs a JSON object with the text field(s) "
-                f"{', '.join(repr(k) for k in wanted)}"
+                f"{path}, line {number}: task {task.name} needs a JSON object with the non-empty text "
+                f"field(s) {', '.join(repr(k) for k in wanted)}"
             )
         examples.append(Example(row[first], row[second] if pair else None, 0))
     if not examples:
@@ -39,7 +39,14 @@ def read_rows(path: Path, task: Task) -> list[Example]:
     return examples
 
 
+def _is_text(value: Any) -> bool:
+    """What training accepts as a text: a string that is not blank."""
+    return isinstance(value, str) and bool(value.strip())
+
+
 def text_example(task: Task, text: str) -> Example:
+    if not _is_text(text):
+        raise ValueError("--text is empty; pass the text to predict on (training skips empty texts too)")
     if "{text_b}" in task.template:
         raise ValueError(
             f"task {task.name} takes two texts: pass them as rows of a JSON-lines file (--input), with "

@@ -21,21 +21,14 @@ from ..persistence import read_adapter_config, read_safetensors, save_tensors
 from ..stats import allocation, by_layer, mean_selected_ranks
 from ..tasks import get_task, load_custom_task
 from ..tasks.base import Example, Task
-from .checkpoint import has_checkpoint
 from .evaluate import evaluate
 from .loading import load_model
 from .run_config import RunConfig, load_run_config
+from .run_folder import ADAPTER_DIR, RESULTS, RUN_CONFIG
 from .sharding import full_tensor
 
-RUN_CONFIG = "run.yaml"
-ADAPTER_DIR = "adapter"
 HEADS_NAME = "heads.safetensors"
 TASK_HEAD_NAME, TASK_HEAD_CONFIG = "task_head.safetensors", "task_head.json"
-CHECKPOINT = "checkpoint.pt"
-RESULTS = "results.json"
-METRICS = "metrics.jsonl"
-TENSORBOARD = "tb"
-PLOTS = "plots"
 
 
 @dataclass
@@ -156,28 +149,24 @@ def open_run(folder: str | Path, overrides: list[str], splits: tuple[str, ...] =
     cfg = load_run_config(path / RUN_CONFIG, overrides, paths_from_file=True)
     cfg.method = read_adapter_config(path)["adapter"]  # complete, unlike a recipe that relied on defaults
     run = prepare(cfg, splits)
-    load_adapter(run, path)
+    for attempt in range(3):  # a run in training swaps in a new adapter/ at each best evaluation:
+        before = _identity(path)  # read again until one whole adapter folder was read
+        try:
+            load_adapter(run, path)
+        except FileNotFoundError:
+            if attempt == 2 or _identity(path) == before:
+                raise
+            continue
+        if _identity(path) == before:
+            break
     return run, path
 
 
-def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Refuse, before any work, an output_dir whose contents training would destroy: --overwrite removes
-    only a rankmix run folder, and a fresh run never replaces an adapter it cannot resume."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output_dir {out} is a file; choose a folder (e.g. --set output_dir=runs/NAME)")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    is_run = (out / RUN_CONFIG).is_file() or has_checkpoint(out / CHECKPOINT)
-    if overwrite and not is_run:
-        raise ValueError(
-            f"--overwrite deletes output_dir, and {out} holds files but no rankmix run ({RUN_CONFIG} or "
-            f"{CHECKPOINT}), so rankmix leaves it alone; choose another output_dir"
-        )
-    if not overwrite and not has_checkpoint(out / CHECKPOINT) and (out / ADAPTER_DIR).exists():
-        raise ValueError(
-            f"{out} holds a trained adapter but no {CHECKPOINT} to resume from, and a fresh run would "
-            "replace it; pass --overwrite to train afresh there, or choose another output_dir"
-        )
+def _identity(folder: Path) -> int | None:
+    try:
+        return folder.stat().st_ino
+    except FileNotFoundError:
+        return None
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -238,10 +227,11 @@ def merge_task(run: Run, task: str | None, out: Path) -> Path:
     check_finite(run)
     heads = run.heads
     plain = run.adapted.merge_and_unload(task=task)
-    plain.save_pretrained(out)
-    run.tokenizer.save_pretrained(out)
-    if heads is not None:  # the task's head travels beside the merged encoder
-        save_task_head(run, task, out)
+    with atomic_folder(out) as tmp:  # whole or not at all
+        plain.save_pretrained(tmp)
+        run.tokenizer.save_pretrained(tmp)
+        if heads is not None:  # the task's head travels beside the merged encoder
+            save_task_head(run, task, tmp)
     return out
 
 
@@ -249,10 +239,11 @@ def export_task(run: Run, task: str | None, out: Path) -> Path:
     """`task`'s adapter as a stock PEFT LoRA; for an encoder, with the task's head beside it."""
     check_task(run, task, with_head=True)
     check_finite(run)
-    path = run.adapted.export_lora(task=task, path=out)
-    if run.heads is not None:
-        save_task_head(run, task, path)
-    return path
+    with atomic_folder(out) as tmp:  # whole or not at all
+        run.adapted.export_lora(task=task, path=tmp)
+        if run.heads is not None:
+            save_task_head(run, task, tmp)
+    return out
 
 
 def export_all_tasks(run: Run, out: Path) -> list[Path]:
@@ -260,11 +251,12 @@ def export_all_tasks(run: Run, out: Path) -> list[Path]:
     return [export_task(run, task.name, out / task.name) for task in run.tasks]
 
 
-def parameters(run: Run) -> dict[str, int]:
-    """The adapter's counts; task heads, where the family has them, are trainable too and counted."""
-    counts = run.adapted.parameter_counts()
-    if run.heads is not None:
-        counts["heads"] = sum(p.numel() for p in run.heads.parameters())
+def parameters(adapted: RankMixModel, heads: nn.ModuleList | None) -> dict[str, int]:
+    """The run's counts, as train, inspect and the quickstart report them: the adapter's, and the task
+    heads, where the family has them, which are trainable too."""
+    counts = adapted.parameter_counts()
+    if heads is not None:
+        counts["heads"] = sum(p.numel() for p in heads.parameters())
         counts["trainable"] += counts["heads"]
         counts["total"] += counts["heads"]
     return counts
@@ -275,7 +267,7 @@ def best_summary(run: Run, results: dict[str, dict[str, float]], avg: float) -> 
     return {
         "average": avg,
         "tasks": results,
-        "parameters": parameters(run),
+        "parameters": parameters(run.adapted, run.heads),
         "selected_ranks": mean_selected_ranks(run.adapted),
     }
 
@@ -285,7 +277,7 @@ def results(run: Run, state: dict, wall: float, processes: int) -> dict:
     best = state["best"] or {
         "average": None,
         "tasks": {},
-        "parameters": parameters(run),
+        "parameters": parameters(run.adapted, run.heads),
         "selected_ranks": None,
     }
     return {

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import signal
 import threading
 import time
@@ -25,14 +24,8 @@ from ..stats import mean_selected_ranks
 from .checkpoint import has_checkpoint, load_checkpoint, resume_key, save_checkpoint
 from .evaluate import average
 from .run import (
-    ADAPTER_DIR,
-    CHECKPOINT,
-    METRICS,
-    RUN_CONFIG,
-    TENSORBOARD,
     Run,
     best_summary,
-    check_output_dir,
     evaluate_run,
     prepare,
     resolve_device,
@@ -41,6 +34,7 @@ from .run import (
     write_results,
 )
 from .run_config import RunConfig
+from .run_folder import ADAPTER_DIR, CHECKPOINT, METRICS, RUN_CONFIG, TENSORBOARD, check_output_dir, claimed
 from .sharding import full_parameters, shard, take_fsdp_request
 
 
@@ -102,6 +96,13 @@ def trim_log(path: Path, step: int) -> None:
         write_text(path, "".join(kept))
 
 
+def kept(out: Path) -> str:
+    """What a stopped run leaves to resume from or to use, as it is on disk."""
+    things = (("checkpoint", CHECKPOINT), ("best adapter", ADAPTER_DIR))
+    saved = [what for what, name in things if (out / name).exists()]
+    return f"{out} keeps the last {' and the '.join(saved)}" if saved else f"{out} holds no checkpoint yet"
+
+
 def token_routers(run: Run) -> list:
     return [m.router for _, m in run.adapted.adapted_modules()] if run.adapted.method.token_routed else []
 
@@ -158,16 +159,11 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device
     """Train, evaluate every `eval_every` steps and at the end, keep the best adapter; returns results.
     `device`: auto (CUDA when present), cpu, cuda or mps."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.utils import gather_object
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
 
     start_time = time.time()
     cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir).resolve()))
     cfg.resolve_paths(Path.cwd())  # the run folder then works from any working directory
     out = Path(cfg.output_dir)
-    checkpoint = out / CHECKPOINT
     check_output_dir(out, overwrite)
     on_cpu = resolve_device(device).type == "cpu"
     run = prepare(cfg)  # bad input fails here, before anything on disk changes
@@ -189,9 +185,22 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device
         step_scheduler_with_optimizer=False,
     )
     main = accelerator.is_main_process
-    if overwrite and out.exists() and main:
-        shutil.rmtree(out)
-    accelerator.wait_for_everyone()
+    with claimed(out, overwrite) if main else nullcontext():  # one writer per run folder
+        accelerator.wait_for_everyone()
+        return _fit(run, accelerator, fsdp, progress, start_time)
+
+
+def _fit(run: Run, accelerator: Any, fsdp: bool, progress: bool, start_time: float) -> dict:
+    """The loop of `train`, in a run folder this process owns (or shares as a non-main process)."""
+    from accelerate.utils import gather_object
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg, t = run.config, run.config.train
+    out = Path(cfg.output_dir)
+    checkpoint = out / CHECKPOINT
+    main = accelerator.is_main_process
     fsdp = fsdp and accelerator.num_processes > 1  # one process has nothing to shard over
     if fsdp:  # sharded before the optimizer sees the parameters
         shard(run.model.to(accelerator.device))
@@ -227,6 +236,11 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device
         accelerator.print(f"resuming {out} from step {state['step']}")
         if main:  # the log reads as one run: drop what was logged after that step
             trim_log(out / METRICS, state["step"])
+    earlier = state.get("wall_time_s", 0.0)  # the segments before this one (older checkpoints: none)
+
+    def wall_time() -> float:
+        return earlier + time.time() - start_time
+
     if main:
         cfg.save(out / RUN_CONFIG)
     if fsdp:
@@ -256,6 +270,7 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device
         """Every process calls it: each one's RNG state is gathered, the main process writes, and no
         process goes on (or exits) before the checkpoint is on disk."""
         rng = gather_object([torch.get_rng_state()])
+        state["wall_time_s"] = wall_time()
         unwrapped = accelerator.unwrap_model(model)
         save_checkpoint(checkpoint, unwrapped, optimizer, scheduler, sampler, rng, state, write=main)
         accelerator.wait_for_everyone()
@@ -273,7 +288,7 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device
                 state["best"] = best_summary(run, scores, avg)
             save_adapter(run, out / ADAPTER_DIR, write=main)
         if main:
-            write_results(out, results(run, state, time.time() - start_time, accelerator.num_processes))
+            write_results(out, results(run, state, wall_time(), accelerator.num_processes))
         write_checkpoint()
 
     def forward_backward(stop_signal: int) -> tuple[Any, torch.Tensor, list[torch.Tensor]]:
@@ -309,9 +324,8 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device
                 tasks = sorted({run.tasks[i].name for i in torch.cat(task_ids).unique().tolist()})
                 raise TrainingDiverged(
                     f"training diverged at step {state['step'] + 1} (task {', '.join(tasks)}): the "
-                    f"loss is NaN or infinite; nothing of that step was applied, and {out} keeps what the "
-                    "last evaluation saved (checkpoint, best adapter); train again with a lower train.lr "
-                    "(or train.max_grad_norm) in another output_dir"
+                    f"loss is NaN or infinite; nothing of that step was applied, and {kept(out)}; train "
+                    "again with a lower train.lr (or train.max_grad_norm) in another output_dir"
                 )
             if t.max_grad_norm is not None:  # one bad batch (e.g. an unscaled regression target) must not
                 accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)  # wreck the run
@@ -338,4 +352,4 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device
                     "again to resume",
                     stop["signal"] or signal.SIGTERM,  # a process stopped because another one was signalled
                 )
-    return results(run, state, time.time() - start_time, accelerator.num_processes)
+    return results(run, state, wall_time(), accelerator.num_processes)
