@@ -1552,3 +1552,26 @@ def test_wall_time_adds_up_over_resumes(runs, monkeypatch):
     assert first >= 6 * 0.3
     ok("train", recipe, "--no-progress")
     assert json.loads((run / "results.json").read_text())["wall_time_s"] >= first
+
+
+def test_checkpoint_of_the_earlier_format_resumes(runs, capsys, tmp_path):
+    """Checkpoints before the opt-in resume key stored every option but six; one of them (and one that
+    holds an option added later) resumes, and only a listed option that differs is refused."""
+    from rankmix.recipes.run_config import load_run_config
+
+    run = copy_run(runs.get("decoder")[0], tmp_path / "run")
+    recipe = runs.root / "decoder-more.yaml"
+    data = load_run_config(recipe, [f"output_dir={run}"])
+    data.resolve_paths(Path.cwd())
+    flat = {k: v for k, v in data.to_dict().items() if k != "train"}
+    flat |= {f"train.{k}": v for k, v in data.to_dict()["train"].items()}
+    skipped = ("output_dir", "train.steps", "train.eval_every", "train.checkpoint_every", "train.log_every")
+    earlier = {k: v for k, v in flat.items() if k not in (*skipped, "train.num_workers")}
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        ckpt = torch.load(run / name, weights_only=True)
+        ckpt["state"]["config"] = earlier | {"train.some_later_option": 3}
+        torch.save(ckpt, run / name)
+    stdout = ok("train", recipe, "--no-progress", "--set", f"output_dir={run}", "--set", "train.log_every=3")
+    assert "resuming" in stdout
+    err = fails(capsys, "train", recipe, "--set", f"output_dir={run}", "--set", "train.lr=0.5")
+    assert "train.lr: 0.01 there, 0.5 here" in err and "some_later_option" not in err
