@@ -74,7 +74,10 @@ def load_data(cfg: RunConfig, tasks: list[Task], splits: tuple[str, ...] = ("tra
                 split, cfg.data_dir, strict=cfg.strict
             )  # the reader warns of skipped rows
             if not examples:
-                raise ValueError(f"{task.name}/{split} has no examples; check data_dir={cfg.data_dir!r}")
+                where = f"under data_dir {cfg.data_dir}" if cfg.data_dir else "on the hub (no data_dir set)"
+                raise ValueError(
+                    f"{task.name}/{split} has no examples {where}; point data_dir at a folder that holds them"
+                )
             data[split].append(_subset(examples, caps[split], seed))
     return data
 
