@@ -1575,3 +1575,27 @@ def test_checkpoint_of_the_earlier_format_resumes(runs, capsys, tmp_path):
     assert "resuming" in stdout
     err = fails(capsys, "train", recipe, "--set", f"output_dir={run}", "--set", "train.lr=0.5")
     assert "train.lr: 0.01 there, 0.5 here" in err and "some_later_option" not in err
+
+
+def test_an_adapter_on_another_base_of_the_same_shapes_warns_and_strict_refuses(
+    runs, model_dirs, capsys, tmp_path
+):
+    """Another model of the same shapes (`--set model=...`): eval warns in one line naming the adapter,
+    and `strict: true` refuses; the model it was trained on loads silently."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = runs.get("decoder")[0]
+    other = AutoModelForCausalLM.from_pretrained(model_dirs["decoder"])
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    other.save_pretrained(tmp_path / "other")
+    AutoTokenizer.from_pretrained(model_dirs["decoder"]).save_pretrained(tmp_path / "other")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ok("eval", run)
+        assert not [w for w in caught if "differ from the ones" in str(w.message)]
+        ok("eval", run, "--set", f"model={tmp_path / 'other'}")
+    assert [w for w in caught if "differ from the ones this adapter was trained on" in str(w.message)]
+    err = fails(capsys, "eval", run, "--set", f"model={tmp_path / 'other'}", "--set", "strict=true")
+    assert "differ from the ones this adapter was trained on" in err

@@ -290,6 +290,54 @@ def test_missing_data_folder_names_the_expected_path_and_layout(tmp_path):
         get_task("piqa").load("train", tmp_path)
 
 
+LATIN1 = "caf\u00e9"  # "café": the byte 0xe9 in latin-1, not UTF-8
+
+
+CB_ROW = {"premise": "A.", "hypothesis": "B.", "label": "neutral"}
+PIQA_ROW = {"instruction": "A?", "answer": "solution1"}
+NOT_UTF8 = {  # task -> (its file, lines whose third holds the latin-1 text)
+    "rte": (
+        "glue/RTE/train.tsv",
+        ["index\tsentence1\tsentence2\tlabel", "0\tA.\tB.\tentailment", f"1\t{LATIN1}.\tB.\tentailment"],
+    ),
+    "cb": (
+        "superglue/CB/train.jsonl",
+        [json.dumps(CB_ROW)] * 2 + [json.dumps({**CB_ROW, "premise": LATIN1}, ensure_ascii=False)],
+    ),
+    "piqa": (
+        "commonsense/piqa/train.json",
+        [
+            "[",
+            json.dumps(PIQA_ROW) + ",",
+            json.dumps({**PIQA_ROW, "instruction": LATIN1}, ensure_ascii=False),
+            "]",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("task", list(NOT_UTF8))
+def test_a_data_file_that_is_not_utf8_names_the_file_the_line_and_the_fix(tmp_path, task):
+    file, lines = NOT_UTF8[task]
+    path = tmp_path / file
+    path.parent.mkdir(parents=True)
+    path.write_bytes("\n".join(lines).encode("latin-1") + b"\n")
+    with pytest.raises(ValueError, match=r"line 3: byte 0xe9 at column \d+ is not UTF-8 text") as e:
+        get_task(task).load("train", tmp_path)
+    assert str(e.value).startswith(f"{path}, line 3") and str(e.value).endswith(
+        "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+    )
+
+
+@pytest.mark.parametrize(
+    "text", ["", "index\tsentence1\tsentence2\tlabel\n", "index\tsentence1\tsentence2\tlabel\n\n"]
+)
+def test_a_data_file_without_rows_is_an_error_naming_it(tmp_path, text):
+    path = write(tmp_path / "glue/RTE/train.tsv", text)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + " holds no data rows.*; add rows to it"):
+        get_task("rte").load("train", tmp_path)
+
+
 def test_mnli_reads_the_glue_layout_with_dev_matched(tmp_path):
     train_cols = [
         "index",
@@ -576,6 +624,61 @@ def test_custom_task_row_missing_a_field_is_skipped_or_raised(tmp_path):
     assert (len(examples), skipped) == (len(ROWS), 2)
     with pytest.raises(ValueError, match=r"train\.jsonl, line 2: malformed row .*'review'"):
         task.load("train", strict=True)
+
+
+@pytest.mark.parametrize(
+    "text,error",
+    [
+        ("", r"custom task file .*task\.yaml holds no settings; write them into it \(name: \.\.\., data"),
+        ("# to do\n", r"custom task file .*task\.yaml holds no settings"),
+        (
+            "- name\n- data\n",
+            r"custom task file .*task\.yaml holds a YAML list, not a mapping .*`key: value`",
+        ),
+        ("sentiment\n", r"custom task file .*task\.yaml holds a YAML str, not a mapping"),
+    ],
+)
+def test_custom_task_file_empty_or_not_a_mapping_names_it_and_the_fix(tmp_path, text, error):
+    with pytest.raises(ValueError, match=error):
+        load_custom_task(write(tmp_path / "task.yaml", text))
+
+
+def test_custom_task_with_an_empty_data_file_names_that_file(tmp_path):
+    """A 0-byte data file is refused when the task file loads; one of blank lines when its split loads,
+    by the reader, so that a recipe never ends in its generic "no examples" message."""
+    from rankmix.recipes.run import load_data
+    from rankmix.recipes.run_config import RunConfig
+
+    path = custom_files(tmp_path, SENTIMENT, ROWS)
+    (tmp_path / "dev.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"task\.yaml: the dev file .*dev\.jsonl is empty; write one JSON"):
+        load_custom_task(path)
+
+    (tmp_path / "dev.jsonl").write_text("\n\n")
+    task = load_custom_task(path)
+    blank = re.escape(str(tmp_path / "dev.jsonl")) + " holds no data rows"
+    with pytest.raises(ValueError, match=blank):
+        task.load("dev")
+    cfg = RunConfig(model="unused", tasks=[task.name], method={"method": "lora"})
+    with pytest.raises(ValueError, match=blank):
+        load_data(cfg, [task])
+
+
+def test_a_skipped_row_warning_is_one_line_naming_file_line_and_reason(tmp_path):
+    path = custom_files(tmp_path, SENTIMENT, ROWS)
+    with (tmp_path / "train.jsonl").open("a") as f:
+        f.write('{"review": "Good", "label": \n')  # cut short: line 4
+    task = load_custom_task(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        task.load("train")
+    (message,) = [str(w.message) for w in caught]
+    assert "\n" not in message
+    assert re.fullmatch(
+        rf"skipped 1 malformed row\(s\) in {re.escape(str(tmp_path / 'train.jsonl'))} \(first: line 4, "
+        r"not valid JSON: .*\); fix them, or load with strict=True to stop at the first",
+        message,
+    ), message
 
 
 def test_custom_task_name_taken_is_an_error(tmp_path):

@@ -98,7 +98,11 @@ class RankMixModel(nn.Module):
 
     Its state dict holds what the adapter adds and trains, not the frozen base weights (those are the
     base model's), and loading one does not ask for them: so a transformers Trainer checkpoint of it
-    is the adapter, as for a PEFT model, and tied base weights never reach a file."""
+    is the adapter, as for a PEFT model, and tied base weights never reach a file.
+
+    `base_fingerprint` (persistence.base_fingerprint) samples the targeted base weights once, at
+    injection: before FSDP shards them and before any merge changes them, so it names the base the
+    adapter is trained on; save_pretrained writes it and loading compares it with the saved one."""
 
     def __init__(self, model: nn.Module, config: AdapterConfig) -> None:
         super().__init__()
@@ -111,6 +115,7 @@ class RankMixModel(nn.Module):
         n_layers = max(indices) + 1 if indices else 0
         # every module's experts are decided before the model is touched, so a bad config changes nothing
         plan = {name: self._expert_ranks(name, n_layers) for name in targets}
+        self.base_fingerprint = persistence.base_fingerprint(model, targets)
         self._base_trainable = [p.requires_grad for p in model.parameters()]
         for p in model.parameters():
             p.requires_grad_(False)
@@ -308,13 +313,14 @@ class RankMixModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, model: nn.Module, path: str | os.PathLike, is_trainable: bool = False
+        cls, model: nn.Module, path: str | os.PathLike, is_trainable: bool = False, strict: bool = False
     ) -> RankMixModel:
-        """Attach an adapter saved by `save_pretrained` to `model` (the base it was trained on)."""
+        """Attach an adapter saved by `save_pretrained` to `model` (the base it was trained on). A base
+        whose weights differ from the saved fingerprint's warns; `strict`: raises ValueError instead."""
         meta, tensors = persistence.read_adapter(path)
         rank_model = cls(model, config_from_dict(meta["adapter"]))
         try:
-            persistence.load_tensors(rank_model, tensors, meta, path)
+            persistence.load_tensors(rank_model, tensors, meta, path, strict=strict)
         except ValueError:
             rank_model.unload()  # leave the caller's model as it was given
             raise
@@ -322,9 +328,10 @@ class RankMixModel(nn.Module):
             param.requires_grad_(is_trainable)
         return rank_model
 
-    def load_adapter_weights(self, path: str | os.PathLike) -> None:
-        """Load the weights of an adapter saved with this model's very configuration (no re-injection)."""
-        persistence.load_adapter_weights(self, path)
+    def load_adapter_weights(self, path: str | os.PathLike, strict: bool = False) -> None:
+        """Load the weights of an adapter saved with this model's very configuration (no re-injection).
+        A base whose weights differ from the saved fingerprint's warns; `strict`: raises ValueError."""
+        persistence.load_adapter_weights(self, path, strict=strict)
 
     # -- merge and export (deploy.py) ---------------------------------------------------------------
     def unload(self) -> nn.Module:

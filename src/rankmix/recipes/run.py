@@ -128,7 +128,7 @@ def save_adapter(run: Run, folder: Path, write: bool = True) -> None:
 
 def load_adapter(run: Run, folder: Path) -> None:
     """Load a saved adapter (and heads) into a freshly prepared run."""
-    run.adapted.load_adapter_weights(folder)
+    run.adapted.load_adapter_weights(folder, strict=run.config.strict)
     if run.heads is not None:
         file = folder / HEADS_NAME
         try:  # load_state_dict checks the names and shapes

@@ -125,7 +125,11 @@ class RunConfig:
         default_factory=list, metadata={"help": "YAML files of user tasks, relative to the recipe"}
     )
     strict: bool = field(
-        default=False, metadata={"help": "malformed data rows raise instead of being skipped"}
+        default=False,
+        metadata={
+            "help": "malformed data rows raise instead of being skipped, and an adapter loaded onto a "
+            "base with other weights (its fingerprint) raises instead of warning"
+        },
     )
     eval_mode: str = field(default="score", metadata={"help": "score candidates (default) or generate"})
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -58,6 +58,11 @@ def _data_files(data: Any, folder: Path, where: str) -> dict[str, Path]:
             raise FileNotFoundError(
                 f"{where}: the {split} file {path} does not exist (paths are relative to the YAML)"
             )
+        if path.stat().st_size == 0:
+            raise ValueError(
+                f"{where}: the {split} file {path} is empty; write one JSON record per line into it "
+                "(or name another file)"
+            )
     return files
 
 
@@ -128,8 +133,16 @@ def load_custom_task(path: str | Path) -> Task:
     if key in _LOADED:
         return _LOADED[key]
     spec = read_yaml(text, f"custom task file {where}")
+    if spec is None:
+        raise ValueError(
+            f"custom task file {where} holds no settings; write them into it "
+            f"({', '.join(f'{k}: ...' for k in _REQUIRED)}, one per line)"
+        )
     if not isinstance(spec, dict):
-        raise ValueError(f"{where}: expected a YAML mapping of task settings, got {type(spec).__name__}")
+        raise ValueError(
+            f"custom task file {where} holds a YAML {type(spec).__name__}, not a mapping of task settings; "
+            f"write it as `key: value` lines ({', '.join(_REQUIRED)}, ...)"
+        )
     _check_keys(spec, where)
     name = spec["name"]
     if not isinstance(name, str) or not name.strip():

@@ -4,7 +4,8 @@ One generic reader per format (GLUE-style TSV, JSON / JSON lines, Hugging Face h
 per task by its files, its columns and its label set, so that every task checks rows the same way:
 a row of the wrong shape (too few fields, a missing key, an empty text) is malformed, skipped and
 counted with a warning, or raised under strict=True; a label outside the task's label set is always
-an error, since it means the file and the task definition disagree.
+an error, since it means the file and the task definition disagree. A file that is not UTF-8 text, or
+that holds no rows at all, is an error naming it.
 """
 
 from __future__ import annotations
@@ -93,6 +94,12 @@ class _Rows:
         return self.labels.index(key)
 
     def result(self) -> tuple[list[Example], int]:
+        """(examples, rows skipped); a source without rows is an error here, so that no caller has to
+        guess which file was empty."""
+        if not self.examples and not self.skipped:
+            raise ValueError(
+                f"{self.source} holds no data rows; add rows to it, or point the task at the right file"
+            )
         if self.skipped:
             line, why = self.skipped[0]
             if not self.examples:
@@ -101,9 +108,26 @@ class _Rows:
                 )
             first = f"first: {self.unit} {line}, {why}"
             warnings.warn(
-                f"skipped {len(self.skipped)} malformed row(s) in {self.source} ({first})", stacklevel=2
+                f"skipped {len(self.skipped)} malformed row(s) in {self.source} ({first}); fix them, or "
+                "load with strict=True to stop at the first",
+                stacklevel=2,
             )
         return self.examples, len(self.skipped)
+
+
+def not_utf8(path: Path) -> ValueError:
+    """The error for a data file that does not decode as UTF-8, naming the line and column of its first
+    bad byte (found by decoding line by line: a newline byte is never part of a UTF-8 sequence)."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return ValueError(
+                    f"{path}, line {number}: byte 0x{raw[e.start]:02x} at column {e.start + 1} is not "
+                    "UTF-8 text; save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                )
+    return ValueError(f"{path} is not UTF-8 text; save the file as UTF-8")
 
 
 def described(read: Reader, source: str) -> Reader:
@@ -124,6 +148,10 @@ def _locate(data_dir: Path, files: Mapping[str, str | Path], split: str, hint: s
     path = data_dir / files[split]
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {hint}")
+    if path.stat().st_size == 0:  # before a parser reports a missing header or invalid JSON instead
+        raise ValueError(
+            f"{path} holds no data rows (it is empty); add rows to it, or point the task at the right file"
+        )
     return path
 
 
@@ -144,24 +172,29 @@ def tsv_reader(
     def read(data_dir: Path, split: str, strict: bool) -> tuple[list[Example], int]:
         path = _locate(data_dir, files, split, LAYOUT)
         rows = _Rows(str(path), strict, labels, score_range)
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            lines = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            if fields is None:
-                header = next(lines, [])
-                missing = [c for c in (text_a, text_b, label) if c is not None and c not in header]
-                if missing:
-                    raise ValueError(f"{path}: header line {header} lacks the column(s) {missing}")
-                a, b, y = (None if c is None else header.index(c) for c in (text_a, text_b, label))
-                width = len(header)
-            else:
-                a, b, y, width = text_a, text_b, label, fields
-            for cells in lines:
-                if not cells:  # a blank line carries no row
-                    continue
-                if len(cells) != width:
-                    rows.malformed(lines.line_num, f"{len(cells)} tab-separated fields, expected {width}")
-                    continue
-                rows.add(lines.line_num, cells[a], None if b is None else cells[b], cells[y], b is not None)
+        try:
+            with path.open(encoding="utf-8-sig", newline="") as f:
+                lines = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+                if fields is None:
+                    header = next(lines, [])
+                    missing = [c for c in (text_a, text_b, label) if c is not None and c not in header]
+                    if missing:
+                        raise ValueError(f"{path}: header line {header} lacks the column(s) {missing}")
+                    a, b, y = (None if c is None else header.index(c) for c in (text_a, text_b, label))
+                    width = len(header)
+                else:
+                    a, b, y, width = text_a, text_b, label, fields
+                for cells in lines:
+                    if not cells:  # a blank line carries no row
+                        continue
+                    if len(cells) != width:
+                        why = f"{len(cells)} tab-separated fields, expected {width}"
+                        rows.malformed(lines.line_num, why)
+                        continue
+                    b_cell = None if b is None else cells[b]
+                    rows.add(lines.line_num, cells[a], b_cell, cells[y], b is not None)
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
         return rows.result()
 
     return described(read, f"{_folder(files)} (TSV)")
@@ -169,21 +202,26 @@ def tsv_reader(
 
 def _records(path: Path, rows: _Rows) -> list[tuple[int, Any]]:
     """(line or position, record) of a JSON list (.json) or a JSON-lines file (anything else)."""
-    with path.open(encoding="utf-8") as f:
-        if path.suffix == ".json":
-            try:
-                return list(enumerate(json.load(f), 1))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e}); expected a JSON list of records") from None
-        records = []
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append((number, json.loads(line)))
-            except json.JSONDecodeError as e:
-                rows.malformed(number, f"not valid JSON: {e}")
-        return records
+    try:
+        with path.open(encoding="utf-8") as f:
+            if path.suffix == ".json":
+                try:
+                    return list(enumerate(json.load(f), 1))
+                except json.JSONDecodeError as e:
+                    raise ValueError(
+                        f"{path}: not valid JSON ({e}); expected a JSON list of records"
+                    ) from None
+            records = []
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append((number, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    rows.malformed(number, f"not valid JSON: {e}")
+            return records
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
 
 
 def _convert_all(
