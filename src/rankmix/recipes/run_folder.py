@@ -96,12 +96,18 @@ def holder(folder: Path) -> str:
         return "another process"
 
 
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
+def _try_lock(fd: int, patience: float = 3.0) -> bool:
+    """Take the lock, waiting up to `patience` seconds: a process just killed (SIGKILL) releases it only
+    once the kernel has torn it down, which can take a moment after its parent saw it die."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
 
 
 def check_not_in_use(folder: Path) -> None:
