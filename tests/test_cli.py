@@ -1599,3 +1599,26 @@ def test_an_adapter_on_another_base_of_the_same_shapes_warns_and_strict_refuses(
     assert [w for w in caught if "differ from the ones this adapter was trained on" in str(w.message)]
     err = fails(capsys, "eval", run, "--set", f"model={tmp_path / 'other'}", "--set", "strict=true")
     assert "differ from the ones this adapter was trained on" in err
+
+
+@pytest.mark.parametrize("case", ["unquoted-profile", "huge-batch"])
+def test_sizes_that_cannot_fit_are_refused_before_anything_is_built(bad, capsys, monkeypatch, case):
+    """Against a stated limit (24 GB): an unquoted `experts: 2468` (2468 experts in every layer) and a
+    batch of 100,000 are refused in seconds with the estimate and the fix, and nothing is written."""
+    from rankmix.recipes import run as run_module
+
+    monkeypatch.setenv("RANKMIX_MEMORY_LIMIT", "24GB")
+    monkeypatch.setattr(run_module, "load_model", lambda name: pytest.fail("the model was loaded"))
+    hilo = {"method": "hilo", "experts": 2468, "ranks": 2468, "target_modules": "all-linear"}
+    recipe, out = bad(method=hilo) if case == "unquoted-profile" else bad(max_length=128)
+    sets = [] if case == "unquoted-profile" else ["--set", "train.batch_size=100000"]
+    sets += ["--set", "train.max_train_examples=null"]
+    err = fails(capsys, "train", recipe, *sets)
+    assert "more than the 24.00 GB" in err
+    if case == "unquoted-profile":
+        assert 'quote them: experts: "2468", ranks: "2468"' in err
+    else:
+        assert "train.batch_size (100000)" in err and "train.grad_accum" in err
+    assert not out.exists()
+    if case == "unquoted-profile":  # inspect would build the model too
+        assert 'quote them: experts: "2468"' in fails(capsys, "inspect", recipe)

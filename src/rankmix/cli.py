@@ -107,9 +107,11 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         build_model,
         open_run,
         parameters,
+        resolve_device,
         resolve_tasks,
         selected_ranks_by_layer,
     )
+    from .recipes.sizes import check_run_size
 
     path = Path(args.target)
     trained = path.is_dir()
@@ -118,10 +120,13 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         adapted, heads, tasks = run.adapted, run.heads, [t.name for t in run.tasks]
     else:
         cfg = load_run_config(path, args.set)
+        size = check_run_size(cfg, resolve_device("auto"))  # before building what cannot fit
         model, adapted, _, family = build_model(cfg, resolve_tasks(cfg))
         heads, tasks = family.heads(model), cfg.tasks
     print(f"method: {adapted.adapter_config.method}   tasks: {tasks}")
     print("parameters:", parameters(adapted, heads))
+    if not trained:
+        print(size.summary())
     print(f"\n{'layer':>5} {'modules':>7} {'experts':>8} {'ranks':<20}")
     for layer, rows in allocation_by_layer(adapted).items():
         experts = sorted({len(r) for r in rows})

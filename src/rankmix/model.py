@@ -28,7 +28,7 @@ def _is_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
-def _shape(module: nn.Module) -> tuple[int, int, bool]:
+def linear_shape(module: nn.Module) -> tuple[int, int, bool]:
     """(d_in, d_out, fan_in_fan_out) of a Linear or a GPT-2 style Conv1D (weight stored as d_in x d_out)."""
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features, False
@@ -75,6 +75,23 @@ def find_targets(model: nn.Module, target_modules: str | list[str]) -> list[str]
     return sorted(chosen, key=lambda n: [int(p) if p.isdigit() else p for p in n.split(".")])
 
 
+def adapter_plan(model: nn.Module, config: AdapterConfig) -> dict[str, list[int]]:
+    """{name: expert ranks} of every module `config` adapts in `model`, in order: what get_model builds
+    (and sizing.py counts, on a meta-device skeleton, without building it)."""
+    indices = [i for i in (layer_index(n) for n, _ in model.named_modules()) if i is not None]
+    n_layers = max(indices) + 1 if indices else 0
+    plan = {}
+    for name in find_targets(model, config.target_modules):
+        layer = layer_index(name)
+        if config.uses_layer_profile and layer is None:
+            raise ValueError(
+                f"{type(config).__name__} sizes experts per layer, but target module {name!r} has no layer "
+                "index in its name; narrow target_modules to modules inside the numbered blocks"
+            )
+        plan[name] = config.expert_ranks(layer, n_layers)
+    return plan
+
+
 def _drop_frozen_base(module: RankMixModel, state: dict, prefix: str, local_metadata: dict) -> None:
     own = module.own_state_keys()
     for key in [k for k in state if k.startswith(prefix) and k[len(prefix) :] not in own]:
@@ -110,12 +127,9 @@ class RankMixModel(nn.Module):
         self.adapter_config = config
         self.method = method_of(config)
         self._context = RoutingContext()
-        targets = find_targets(model, config.target_modules)
-        indices = [i for i in (layer_index(n) for n, _ in model.named_modules()) if i is not None]
-        n_layers = max(indices) + 1 if indices else 0
         # every module's experts are decided before the model is touched, so a bad config changes nothing
-        plan = {name: self._expert_ranks(name, n_layers) for name in targets}
-        self.base_fingerprint = persistence.base_fingerprint(model, targets)
+        plan = adapter_plan(model, config)
+        self.base_fingerprint = persistence.base_fingerprint(model, plan)
         self._base_trainable = [p.requires_grad for p in model.parameters()]
         for p in model.parameters():
             p.requires_grad_(False)
@@ -133,22 +147,12 @@ class RankMixModel(nn.Module):
                 own |= {f"base_model.{name}.{part}.{k}" for k in getattr(m, part).state_dict(keep_vars=True)}
         return own
 
-    def _expert_ranks(self, name: str, n_layers: int) -> list[int]:
-        config = self.adapter_config
-        layer = layer_index(name)
-        if config.uses_layer_profile and layer is None:
-            raise ValueError(
-                f"{type(config).__name__} sizes experts per layer, but target module {name!r} has no layer "
-                "index in its name; narrow target_modules to modules inside the numbered blocks"
-            )
-        return config.expert_ranks(layer, n_layers)
-
     def _inject(self, name: str, ranks: list[int]) -> None:
         config = self.adapter_config
         parent_name, _, attr = name.rpartition(".")
         parent = self.base_model.get_submodule(parent_name)
         base = getattr(parent, attr)
-        d_in, d_out, fan_in_fan_out = _shape(base)
+        d_in, d_out, fan_in_fan_out = linear_shape(base)
         method = self.method
         bank = ExpertBank(d_in, d_out, ranks, config.expert_scales(ranks), **method.bank_options(config))
         router = method.make_router(config, d_in, len(ranks))

@@ -16,6 +16,11 @@ import torch
 from torch import nn
 
 
+def components(ranks: Sequence[int], nested: bool) -> int:
+    """Rank components S of a bank: nested experts share one max-rank LoRA, disjoint ones stack."""
+    return max(ranks) if nested else sum(ranks)
+
+
 class ExpertBank(nn.Module):
     def __init__(
         self,
@@ -37,7 +42,7 @@ class ExpertBank(nn.Module):
             raise ValueError("linear_scaling applies to nested experts only (MoRE)")
         self.ranks = list(ranks)
         self.nested = nested
-        size = max(ranks) if nested else sum(ranks)
+        size = components(ranks, nested)
         self.lora_A = nn.Parameter(torch.empty(size, d_in))
         self.lora_B = nn.Parameter(torch.zeros(d_out, size))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))

@@ -36,6 +36,7 @@ from .run import (
 from .run_config import RunConfig
 from .run_folder import ADAPTER_DIR, CHECKPOINT, METRICS, RUN_CONFIG, TENSORBOARD, check_output_dir, claimed
 from .sharding import full_parameters, shard, take_fsdp_request
+from .sizes import check_run_size
 
 
 class RunStopped(RuntimeError):
@@ -165,6 +166,7 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device
     cfg.resolve_paths(Path.cwd())  # the run folder then works from any working directory
     out = Path(cfg.output_dir)
     check_output_dir(out, overwrite)
+    check_run_size(cfg, resolve_device(device))  # in seconds, before anything is allocated
     on_cpu = resolve_device(device).type == "cpu"
     run = prepare(cfg)  # bad input fails here, before anything on disk changes
     t = cfg.train
