@@ -62,6 +62,23 @@ def cli(*args: object) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def interrupt_at_batch(monkeypatch, n: int, delay: float = 0.0) -> None:
+    """Make training's `n`-th batch draw raise KeyboardInterrupt (a Ctrl-C mid-step), each draw taking
+    `delay` seconds more; monkeypatch.undo() lifts it."""
+    from rankmix.recipes import train as train_mod
+
+    original, calls = train_mod.TaskSampler.next_batch, {"n": 0}
+
+    def interrupting(self):
+        calls["n"] += 1
+        time.sleep(delay)
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(train_mod.TaskSampler, "next_batch", interrupting)
+
+
 def ok(*args: object) -> str:
     """Run `rankmix ARGS` in-process, require success, return stdout."""
     code, out, err = cli(*args)
@@ -631,23 +648,13 @@ def test_evaluate_scores_predictions_against_dev_labels(monkeypatch):
 def test_interrupted_run_resumes_to_the_same_adapter(runs, monkeypatch, workers):
     """With DataLoader workers too, whose prefetching draws batches ahead of the step: the checkpoint
     records the batches consumed, and the run (workers or not) ends as the uninterrupted one."""
-    from rankmix.recipes import train as train_mod
 
     run_a, _ = runs.get("decoder")  # 8 steps without interruption, no workers
     recipe = runs.recipe(f"decoder-resumed-{workers}", "decoder", num_workers=workers)
     run_b = runs.root / f"decoder-resumed-{workers}"
 
-    calls = {"n": 0}
-    original = train_mod.TaskSampler.next_batch
     ahead = 2 * workers  # batches a DataLoader draws before the first step (2 per worker)
-
-    def interrupting(self):
-        calls["n"] += 1
-        if calls["n"] == 5 + ahead:  # step 5, just after the evaluation (and checkpoint) of step 4
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(train_mod.TaskSampler, "next_batch", interrupting)
+    interrupt_at_batch(monkeypatch, 5 + ahead)  # step 5, just after the evaluation (and checkpoint) of step 4
     with pytest.raises(SystemExit) as stopped:  # an interrupt raised mid-step (e.g. a second Ctrl-C)
         main(["train", str(recipe), "--no-progress"])
     assert stopped.value.code == 130
@@ -754,21 +761,11 @@ def test_damaged_latest_checkpoint_falls_back_to_the_one_before(runs, monkeypatc
     """Checkpoints every 2 steps, interrupted at step 7 (checkpoints of steps 6 and 4 on disk), the
     latest then truncated: the same command resumes from step 4 and ends as the uninterrupted run,
     its log included (what was logged after step 4 is dropped, then logged again)."""
-    from rankmix.recipes import train as train_mod
 
     whole, _ = runs.get("decoder")  # 8 steps, evaluations at 4 and 8, log every 2
     recipe = runs.recipe("decoder-fallback", "decoder", checkpoint_every=2)
     run = runs.root / "decoder-fallback"
-    calls = {"n": 0}
-    original = train_mod.TaskSampler.next_batch
-
-    def interrupting(self):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(train_mod.TaskSampler, "next_batch", interrupting)
+    interrupt_at_batch(monkeypatch, 7)
     assert cli("train", recipe, "--no-progress")[0] == 130
     monkeypatch.undo()
     steps = {
@@ -1531,21 +1528,10 @@ def test_warnings_print_as_one_line(monkeypatch, capsys):
 
 def test_wall_time_adds_up_over_resumes(runs, monkeypatch):
     """results.json's wall time is the run's, over every segment, not the last one's."""
-    from rankmix.recipes import train as train_mod
 
     recipe = runs.recipe("decoder-wall", "decoder", checkpoint_every=2)
     run = runs.root / "decoder-wall"
-    original = train_mod.TaskSampler.next_batch
-    calls = {"n": 0}
-
-    def slow_then_stop(self):
-        calls["n"] += 1
-        time.sleep(0.3)
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(train_mod.TaskSampler, "next_batch", slow_then_stop)
+    interrupt_at_batch(monkeypatch, 7, delay=0.3)
     assert cli("train", recipe, "--no-progress")[0] == 130
     monkeypatch.undo()
     first = torch.load(run / "checkpoint.pt", weights_only=True)["state"]["wall_time_s"]
