@@ -247,12 +247,11 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:  # a path given cannot be read or written as asked (checked early where possible)
         if args.debug:
             raise
-        where = f": {e.filename}" if e.filename else ""
-        print(
-            f"rankmix {args.command}: error: {e.strerror or e}{where}; check that path (a folder where "
-            "a file goes, or the reverse, its permissions, the free space)",
-            file=sys.stderr,
-        )
+        message = " ".join(str(e.strerror or e).split())  # one line, whatever a library wrote
+        if e.filename:  # an OS call on a path: name it and what to check
+            message += f": {e.filename}; check that path (a folder where a file goes, or the reverse, "
+            message += "its permissions, the free space)"
+        print(f"rankmix {args.command}: error: {message}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one while loading
         print(f"rankmix {args.command}: interrupted", file=sys.stderr)
