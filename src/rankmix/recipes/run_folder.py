@@ -146,7 +146,8 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
             f"{out / links[0]} is a symbolic link: rankmix writes a run's files only inside its folder; "
             "replace the link with the file itself, or choose another output_dir"
         )
-    check_not_in_use(out)
+    if os.environ.get("RANK", "0") == "0":  # the other processes of a launch find their main's lock
+        check_not_in_use(out)
     if overwrite:
         _check_clearable(out)
     elif (
