@@ -1403,11 +1403,10 @@ def test_a_symlink_in_a_run_folder_is_refused(runs, capsys, tmp_path, name):
 
 def test_one_writer_per_run_folder_and_a_killed_run_resumes(model_dirs, glue_data, capsys, tmp_path):
     """Two real processes: while one trains, a second `rankmix train` on its folder exits 2 with one line
-    naming the process; once the first is SIGKILLed, the lock is gone with it and the run resumes."""
+    naming the process, and eval and inspect read the run; once the first is SIGKILLed, the lock is gone
+    with it and the run resumes."""
     out = tmp_path / "run"
-    data = recipe_dict(
-        model_dirs["decoder"], out, glue_data, steps=100_000, eval_every=100_000, checkpoint_every=2
-    )
+    data = recipe_dict(model_dirs["decoder"], out, glue_data, steps=100_000, eval_every=2, checkpoint_every=2)
     recipe = write_recipe(tmp_path / "long.yaml", data)
     first = subprocess.Popen(
         [sys.executable, "-m", "rankmix.cli", "train", str(recipe), "--no-progress"],
@@ -1416,9 +1415,10 @@ def test_one_writer_per_run_folder_and_a_killed_run_resumes(model_dirs, glue_dat
     )
     try:
         deadline = time.time() + 120
-        while not (out / "checkpoint.pt").is_file():
+        while not (out / "checkpoint.pt").is_file() or not (out / "adapter").is_dir():
             assert first.poll() is None and time.time() < deadline, "the first run did not start"
             time.sleep(0.2)
+        assert "average" in ok("eval", out) and "method: more" in ok("inspect", out)
         err = fails(capsys, "train", recipe, "--no-progress")
         assert f"in use: process {first.pid}" in err and "rankmix train" in err
         err = fails(capsys, "train", recipe, "--no-progress", "--overwrite")  # --overwrite neither
