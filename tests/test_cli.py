@@ -1434,7 +1434,15 @@ def test_one_writer_per_run_folder_and_a_killed_run_resumes(model_dirs, glue_dat
 
 @pytest.mark.parametrize(
     "command",
-    ["eval-folder", "predict-folder", "predict-under-file", "merge-file", "export-file", "train-under-file"],
+    [
+        "eval-folder",
+        "predict-folder",
+        "predict-under-file",
+        "merge-file",
+        "export-file",
+        "plot-file",
+        "train-under-file",
+    ],
 )
 def test_output_paths_that_cannot_be_written_are_one_line(runs, capsys, tmp_path, command):
     """Every output path that is a folder where a file goes (or the reverse), or under a file: exit 2
@@ -1449,6 +1457,7 @@ def test_output_paths_that_cannot_be_written_are_one_line(runs, capsys, tmp_path
         "predict-under-file": ["predict", run, "--task", "cola", "--text", "a b", "--out", file / "p.jsonl"],
         "merge-file": ["merge", run, "--task", "rte", "--out", file],
         "export-file": ["export-lora", run, "--task", "rte", "--out", file],
+        "plot-file": ["plot", run, "--out", file],
         "train-under-file": ["train", runs.root / "decoder-more.yaml", "--set", f"output_dir={file}/sub"],
     }[command]
     before = _tree(tmp_path)

@@ -154,9 +154,12 @@ def cmd_tasks(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
+    from .files import check_target
     from .recipes.run import open_run, plot_run
     from .recipes.run_folder import PLOTS
 
+    if args.out:
+        check_target(args.out, "--out", folder=True)
     run, path = open_run(args.adapter, args.set, splits=("dev",))
     for p in plot_run(run, Path(args.out or path.parent / PLOTS)):
         print(p)
