@@ -1617,3 +1617,54 @@ def test_sizes_that_cannot_fit_are_refused_before_anything_is_built(bad, capsys,
     assert not out.exists()
     if case == "unquoted-profile":  # inspect would build the model too
         assert 'quote them: experts: "2468"' in fails(capsys, "inspect", recipe)
+
+
+class _BaseOnly(torch.nn.Module):
+    """The untouched base model, called as evaluation calls a RankMixModel (task ids dropped)."""
+
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+
+    def forward(self, task_ids=None, **inputs):
+        return self.base(**inputs)
+
+    def generate(self, *args, task_ids=None, **kwargs):
+        return self.base.generate(*args, **kwargs)
+
+
+@pytest.mark.parametrize("family", ["decoder", "seq2seq"])
+def test_eval_of_a_recipe_scores_the_untouched_base_model(runs, model_dirs, family, tmp_path):
+    """`rankmix eval RECIPE --out F`: the recipe's tasks and dev draw on its base model, as the base
+    model itself scores them, in the JSON `eval RUN --out` writes; nothing else is written."""
+    from rankmix.recipes.evaluate import evaluate
+    from rankmix.recipes.loading import load_model
+    from rankmix.recipes.run import load_data, resolve_tasks
+    from rankmix.recipes.run_config import load_run_config
+
+    recipe = runs.recipe(f"zero-{family}", family)
+    out = tmp_path / "zero.json"
+    stdout = ok("eval", recipe, "--out", out)
+    assert "average" in stdout
+    assert not (runs.root / f"zero-{family}").exists()  # the recipe's output_dir
+    cfg = load_run_config(recipe)
+    tasks = resolve_tasks(cfg)
+    base, tokenizer, fam = load_model(cfg.model)
+    t = cfg.train
+    dev = load_data(cfg, tasks, splits=("dev",))["dev"]
+    expected = evaluate(_BaseOnly(base), fam, tokenizer, tasks, dev, t.batch_size, t.max_length)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(expected))
+    ok("eval", runs.get(family)[0], "--out", tmp_path / "run.json")  # the same JSON as a run's
+    assert set(json.loads(out.read_text())) == set(json.loads((tmp_path / "run.json").read_text()))
+
+
+def test_eval_of_an_encoder_recipe_is_refused(runs, capsys):
+    recipe = runs.recipe("zero-encoder", "encoder")
+    err = fails(capsys, "eval", recipe)
+    assert "encoder whose task heads would be untrained" in err
+    assert not (runs.root / "zero-encoder").exists()
+
+
+def test_eval_of_a_runs_own_run_yaml_evaluates_the_run(runs):
+    run = runs.get("decoder")[0]
+    assert ok("eval", run / "run.yaml") == ok("eval", run)

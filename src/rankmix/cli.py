@@ -34,12 +34,17 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from .files import check_target, write_json
     from .recipes.evaluate import format_table
-    from .recipes.run import evaluate_run, open_run, resolve_device
+    from .recipes.run import evaluate_run, open_run, resolve_device, zero_shot_run
+    from .recipes.run_folder import is_run_file
 
     device = resolve_device(args.device)
     if args.out:
         check_target(args.out, "--out")
-    run, _ = open_run(args.adapter, args.set, splits=("dev",))
+    path = Path(args.adapter)
+    if path.is_file() and not is_run_file(path):  # a recipe: its base model, zero-shot
+        run = zero_shot_run(path, args.set)
+    else:  # a run folder, its adapter folder, or the run.yaml of either
+        run, _ = open_run(path.parent if path.is_file() else path, args.set, splits=("dev",))
     results = evaluate_run(run, run.model.to(device), mode=args.mode)
     print(format_table(results))
     if args.out:
@@ -197,8 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
     p.add_argument("--no-progress", action="store_true")
     device(p)
-    p = add("eval", cmd_eval, "evaluate a trained adapter on the dev split of its tasks")
-    p.add_argument("adapter", help="a run folder or its adapter/ folder")
+    p = add("eval", cmd_eval, "evaluate a trained adapter (or, given a recipe, its base model zero-shot)")
+    p.add_argument(
+        "adapter", help="a run folder or its adapter/ folder; or a recipe YAML: its base model, untouched"
+    )
     p.add_argument("--mode", choices=["score", "generate"])
     p.add_argument("--out", help="write the results to this JSON file")
     device(p)

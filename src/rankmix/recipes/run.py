@@ -165,6 +165,20 @@ def open_run(folder: str | Path, overrides: list[str], splits: tuple[str, ...] =
     return run, path
 
 
+def zero_shot_run(recipe: str | Path, overrides: list[str]) -> Run:
+    """A recipe's tasks and dev draw (its caps and data seed) on its base model as it is: the adapter at
+    initialisation adds exactly zero (every expert's lora_B starts at zero), so evaluating this run
+    scores the untouched base model. Nothing is written. An encoder is refused: its heads are untrained."""
+    cfg = load_run_config(recipe, overrides)
+    run = prepare(cfg, splits=("dev",))
+    if run.heads is not None:
+        raise ValueError(
+            f"{recipe}: zero-shot evaluation needs a model that scores its tasks itself, and {cfg.model} is "
+            "an encoder whose task heads would be untrained; train the recipe, then evaluate its run folder"
+        )
+    return run
+
+
 def _identity(folder: Path) -> int | None:
     try:
         return folder.stat().st_ino
