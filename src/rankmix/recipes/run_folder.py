@@ -96,17 +96,21 @@ def holder(folder: Path) -> str:
         return "another process"
 
 
-def _try_lock(fd: int, patience: float = 3.0) -> bool:
-    """Take the lock, waiting up to `patience` seconds: a process just killed (SIGKILL) releases it only
-    once the kernel has torn it down, which can take a moment after its parent saw it die."""
+def _take_lock(fd: int, folder: Path, patience: float = 3.0) -> None:
+    """Take the run's lock on `fd`, or refuse naming who holds it. It waits up to `patience` seconds: a
+    process just killed (SIGKILL) releases it only once the kernel has torn it down, which can take a
+    moment after its parent saw it die."""
     deadline = time.monotonic() + patience
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
+            return
         except BlockingIOError:
             if time.monotonic() > deadline:
-                return False
+                raise RunInUse(
+                    f"{folder} is in use: {holder(folder)} trains there; wait for it to finish (or stop "
+                    "it), or choose another output_dir"
+                ) from None
             time.sleep(0.05)
 
 
@@ -117,11 +121,7 @@ def check_not_in_use(folder: Path) -> None:
         return
     fd = os.open(lock, os.O_RDONLY)
     try:
-        if not _try_lock(fd):
-            raise RunInUse(
-                f"{folder} is in use: {holder(folder)} trains there; wait for it to finish (or stop it), "
-                "or choose another output_dir"
-            )
+        _take_lock(fd, folder)
     finally:
         os.close(fd)  # closing releases a lock taken here
 
@@ -181,11 +181,7 @@ def claimed(out: Path, overwrite: bool) -> Iterator[None]:
         write_json(out / MARKER, {"rankmix_run": 1, "created_by": f"rankmix {__version__}"})
     fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        if not _try_lock(fd):
-            raise RunInUse(
-                f"{out} is in use: {holder(out)} trains there; wait for it to finish (or stop it), or "
-                "choose another output_dir"
-            )
+        _take_lock(fd, out)
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),

@@ -166,8 +166,9 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device
     cfg.resolve_paths(Path.cwd())  # the run folder then works from any working directory
     out = Path(cfg.output_dir)
     check_output_dir(out, overwrite)
-    check_run_size(cfg, resolve_device(device))  # in seconds, before anything is allocated
-    on_cpu = resolve_device(device).type == "cpu"
+    target = resolve_device(device)
+    check_run_size(cfg, target)  # in seconds, before anything is allocated
+    on_cpu = target.type == "cpu"
     run = prepare(cfg)  # bad input fails here, before anything on disk changes
     t = cfg.train
 
