@@ -27,7 +27,7 @@ def task_rows(per_task: int) -> datasets.Dataset:
     rows = []
     for task in synthetic_tasks():
         for example in task.load("train")[0][:per_task]:
-            completion = " " + task.answer(example.label)
+            completion = " " + task.kind.target(task, example).text
             rows.append({"prompt": task.prompt(example), "completion": completion, "task_ids": task.name})
     return datasets.Dataset.from_list(rows)
 

@@ -286,6 +286,9 @@ def _evaluate_and_route(recipe: Path) -> dict:
     family = run.family
 
     class Counting:
+        def check(self, tasks, mode):
+            family.check(tasks, mode)
+
         def predict(self, model, tokenizer, task, ids, chunk, *rest):
             seen.append(len(chunk))
             return family.predict(model, tokenizer, task, ids, chunk, *rest)

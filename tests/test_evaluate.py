@@ -1,6 +1,7 @@
 """Tests for rankmix.recipes.evaluate: answer log-likelihoods, candidate scoring for decoders and T5
-against a slow unbatched reference, regression by expected value, encoder heads, text parsing, and
-`evaluate` / `average`."""
+against a slow unbatched reference, regression by expected value, encoder heads, reading generated
+text (each kind's `parse`), and `evaluate` / `average`. Multiple-choice and generation kinds:
+test_kinds.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from rankmix import LoRAConfig, MoREConfig, get_model
 from rankmix.data.collate import IGNORE
 from rankmix.families import FAMILIES
 from rankmix.families import answer_logprob as _answer_logprob
-from rankmix.families import parse_answer as _parse
 from rankmix.heads import MultiTaskHeads
 from rankmix.recipes.evaluate import average, evaluate, predict
 from rankmix.tasks import Example, get_task
@@ -103,8 +103,17 @@ def t5():
 # -- slow references -------------------------------------------------------------------------------
 
 
+def is_regression(task) -> bool:
+    return task.kind.name == "regression"
+
+
 def candidates(task) -> list[str]:
-    return [str(v) for v in range(6)] if task.regression else list(task.label_words)
+    return [str(v) for v in range(6)] if is_regression(task) else list(task.label_words)
+
+
+def parse(task, text: str):
+    """What the task's kind reads from generated text (the example does not matter for these kinds)."""
+    return task.kind.parse(task, Example("unused", None, 0), text)
 
 
 @torch.no_grad()
@@ -210,8 +219,8 @@ def test_predict_scores_candidates_like_unbatched_reference(llama, t5, family, t
     assert len(preds) == len(examples)
     for example, pred in zip(examples, preds, strict=True):
         scores = reference_scores(model, family, tok, task, example)
-        expected = reference_prediction(scores, task.regression)
-        if task.regression:
+        expected = reference_prediction(scores, is_regression(task))
+        if is_regression(task):
             assert 0.0 <= pred <= 5.0
             assert math.isclose(pred, expected, rel_tol=1e-4, abs_tol=1e-4), (pred, expected, scores)
         else:
@@ -258,15 +267,17 @@ def test_predict_encoder_reads_the_task_head():
     bert = build_base("bert", vocab=len(tok))
     body = get_model(bert, MoREConfig(tasks=["rte", "stsb", "mnli"], max_rank=4, dropout=0.0))
     randomize_lora(body)
-    heads = MultiTaskHeads(body, [2, 1, 3], [False, True, False]).eval()
+    heads = MultiTaskHeads(body, [RTE, STSB, MNLI]).eval()
+    widths = [2, 1, 3]  # labels of a classification head, one value for a regression head
+    assert [h.out_features for h in heads.heads] == widths
     for t, task in enumerate((RTE, STSB, MNLI)):
         examples = EXAMPLES[task.name]
         preds = predict(heads, FAMILIES["encoder"], tok, task, t, examples, batch_size=2, max_length=64)
         for example, pred in zip(examples, preds, strict=True):
             enc = tok(example.text_a, example.text_b, return_tensors="pt")
             with torch.no_grad():
-                logits = heads(task_ids=torch.tensor([t]), **enc).logits[0, : task.num_labels]
-            if task.regression:
+                logits = heads(task_ids=torch.tensor([t]), **enc).logits[0, : widths[t]]
+            if is_regression(task):
                 assert math.isclose(pred, float(logits[0]), rel_tol=1e-4, abs_tol=1e-5)
             else:
                 assert pred == int(logits.argmax())
@@ -290,12 +301,12 @@ def test_predict_encoder_reads_the_task_head():
     ],
 )
 def test_parse_classification(text, expected):
-    assert _parse(RTE, text) == expected
+    assert parse(RTE, text) == expected
 
 
 def test_parse_three_labels():
-    assert _parse(MNLI, "I think maybe") == 1.0
-    assert _parse(MNLI, "no") == 2.0
+    assert parse(MNLI, "I think maybe") == 1.0
+    assert parse(MNLI, "no") == 2.0
 
 
 @pytest.mark.parametrize(
@@ -303,18 +314,18 @@ def test_parse_three_labels():
     [("3.5", 3.5), ("about 2 or 3", 2.0), ("score: 4", 4.0), ("none", -1.0), ("", -1.0), ("1,5", 1.0)],
 )
 def test_parse_regression(text, expected):
-    assert _parse(STSB, text) == expected
+    assert parse(STSB, text) == expected
 
 
 def test_parse_regression_number_at_sentence_end():
     """A number followed by a full stop ("3.5.") is still the first number, as label words are."""
-    assert _parse(STSB, "The similarity is 3.5.") == 3.5
+    assert parse(STSB, "The similarity is 3.5.") == 3.5
 
 
 @pytest.mark.parametrize("text", ["nan", "inf", "-Infinity"])
 def test_parse_regression_ignores_non_finite_words(text):
     """`float()` accepts "nan" and "inf"; such a prediction would turn the task's correlations into NaN."""
-    value = _parse(STSB, text)
+    value = parse(STSB, text)
     assert math.isfinite(value) and value == -1.0
 
 
@@ -328,7 +339,7 @@ def test_evaluate_scores_every_task_and_restores_training():
     dev = [EXAMPLES["rte"], EXAMPLES["stsb"]]
     refs = [
         [
-            reference_prediction(reference_scores(model, "decoder", tok, task, e), task.regression)
+            reference_prediction(reference_scores(model, "decoder", tok, task, e), is_regression(task))
             for e in examples
         ]
         for task, examples in zip(tasks, dev, strict=True)

@@ -33,7 +33,7 @@ def tiny():
     corpus = []
     for task in synthetic_tasks():
         examples = task.load("train")[0][:200]
-        corpus += [task.prompt(e) + " " + task.answer(e.label) for e in examples]
+        corpus += [task.prompt(e) + " " + task.kind.target(task, e).text for e in examples]
     tokenizer = word_tokenizer(corpus, specials=["[PAD]", "[UNK]", "<s>", "</s>"], template="llama")
 
     def base():

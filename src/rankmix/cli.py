@@ -70,8 +70,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
     examples = read_rows(Path(args.input), task) if args.input else [text_example(task, args.text)]
     run.model.to(device)
     mode = args.mode or run.config.eval_mode
-    if mode == "generate" and run.family.name == "encoder":
-        raise ValueError("--mode generate needs a decoder or seq2seq model; encoders score their labels")
     records = predict_records(run, args.task, examples, mode, args.batch_size)
     lines = "".join(json.dumps(r) + "\n" for r in records)
     if args.out:
@@ -150,7 +148,7 @@ def cmd_tasks(args: argparse.Namespace) -> None:
     rows = [("task", "kind", "metrics", "local files (under data_dir)", "hub")]
     for name in task_names():
         task = get_task(name)
-        kind = "regression" if task.regression else f"{len(task.labels)} classes"
+        kind = task.kind.name + (f" ({len(task.labels)} classes)" if task.labels else "")
         hub = "-" if task.hub in (None, task.reader) else getattr(task.hub, "source", "?")
         rows.append((name, kind, ", ".join(task.metrics), getattr(task.reader, "source", "?"), hub))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

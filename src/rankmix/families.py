@@ -4,37 +4,41 @@ and evaluated. Training and evaluation code call a family object; none of it bra
 encoder:  text pair -> tokens; mean-pooled output -> a head per task (classification or regression).
 decoder:  prompt + answer -> one sequence, loss on the answer tokens only.
 seq2seq:  prompt -> encoder, answer -> labels (text-to-text, as in the MoRE paper).
-Decoders and T5 are evaluated by scoring every candidate answer's log-likelihood (`mode="score"`) or by
-generating an answer and matching it (`mode="generate"`). A regression task (STS-B) on a generative
-model scores the answers 0..5 and predicts their probability-weighted mean.
+Decoders and T5 are evaluated by scoring every candidate's log-likelihood (`mode="score"`: the label
+words, the scores 0..5 of a regression task, a multiple-choice row's options) or by generating an
+answer and reading it (`mode="generate"`, and always for generation tasks). What the candidates are and
+what their scores predict is the task's kind's to say (tasks/kinds.py).
 """
 
 from __future__ import annotations
 
 import abc
-import math
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutput
 
 from .data.collate import (
     IGNORE,
     Features,
+    continuation_ids,
     decoder_features,
-    encode_decoder,
     encode_encoder,
-    encode_seq2seq,
-    encoder_features,
+    encoder_row,
+    pad_features,
+    pad_id,
     seq2seq_features,
+    seq2seq_ids,
 )
 from .heads import MultiTaskHeads
 from .model import RankMixModel
 from .tasks.base import Example, Task
+from .tasks.kinds import HeadKind, Prediction
 
-REGRESSION_CANDIDATES = [str(v) for v in range(6)]
 ENCODER_TYPES = {
     "bert",
     "roberta",
@@ -55,6 +59,7 @@ class ModelFamily(abc.ABC):
 
     name: ClassVar[str]
     auto_class: ClassVar[str]  # the transformers Auto class that loads a base model of this family
+    modes: ClassVar[tuple[str, ...]]  # how it can be evaluated: scoring candidates, generating text
     # DDP must be told when a step leaves parameters without gradient (heads of tasks not in the batch)
     find_unused_parameters: ClassVar[bool] = False
 
@@ -62,6 +67,14 @@ class ModelFamily(abc.ABC):
         import transformers
 
         return getattr(transformers, self.auto_class).from_pretrained(path)
+
+    def check(self, tasks: Sequence[Task], mode: str = "score") -> None:
+        """Refuse, before any long work, tasks or an evaluation mode this family cannot serve."""
+        if mode not in self.modes:
+            raise ValueError(
+                f"eval mode {mode!r} needs a decoder or seq2seq model; a {self.name} model can only "
+                f"{' or '.join(self.modes)}"
+            )
 
     def wrap(self, adapted: RankMixModel, tasks: Sequence[Task]) -> nn.Module:
         """The module that trains: the adapted model itself, or the adapted body with task heads."""
@@ -88,9 +101,13 @@ class ModelFamily(abc.ABC):
         task_ids: torch.Tensor,
         examples: Sequence[Example],
         max_length: int,
-    ) -> torch.Tensor:
-        """Per example of one batch: the probability of each label (classification, shape (batch,
-        labels)), or the predicted value (regression, shape (batch,))."""
+    ) -> list[torch.Tensor]:
+        """Per example of one batch, the model's scores of its candidates: its head's outputs (encoder),
+        or the summed log-likelihood of each option its task's kind offers (decoder, seq2seq)."""
+
+    @abc.abstractmethod
+    def read(self, task: Task, example: Example, scores: torch.Tensor) -> Prediction:
+        """The prediction an example's `scores` make."""
 
     def predict(
         self,
@@ -101,70 +118,113 @@ class ModelFamily(abc.ABC):
         examples: Sequence[Example],
         max_length: int,
         mode: str,
-    ) -> list[float]:
-        """One prediction per example of one batch: a class index, or a float for regression."""
+    ) -> list[Prediction]:
+        """One prediction per example of one batch (kinds.py says what a prediction is)."""
         values = self.scores(model, tokenizer, task, task_ids, examples, max_length)
-        return values.tolist() if task.regression else values.argmax(-1).tolist()
+        return [self.read(task, e, v) for e, v in zip(examples, values, strict=True)]
 
 
 class EncoderFamily(ModelFamily):
     name = "encoder"
     auto_class = "AutoModel"
+    modes = ("score",)
     find_unused_parameters = True
 
+    def check(self, tasks, mode="score"):
+        super().check(tasks, mode)
+        for task in tasks:
+            if not isinstance(task.kind, HeadKind):
+                raise ValueError(
+                    f"{task.name} is a {task.kind.name} task, and an encoder cannot generate text; train "
+                    "it with a decoder or seq2seq model (e.g. model: smollm2)"
+                )
+
     def wrap(self, adapted: RankMixModel, tasks: Sequence[Task]) -> nn.Module:
-        return MultiTaskHeads(adapted, [t.num_labels for t in tasks], [t.regression for t in tasks])
+        self.check(tasks)
+        return MultiTaskHeads(adapted, tasks)
 
     def heads(self, model: nn.Module) -> nn.ModuleList | None:
         return model.heads
 
     def features(self, tokenizer, task_index, task, example, max_length):
-        return encoder_features(tokenizer, example, max_length) | {
-            "labels": float(example.label),
-            "task_ids": task_index,
-        }
+        enc = encoder_row(tokenizer, task.kind.encoder_pairs(task, example), max_length)
+        return enc | {"labels": float(example.label), "task_ids": task_index}
 
     def scores(self, model, tokenizer, task, task_ids, examples, max_length):
-        enc = {k: v.to(task_ids.device) for k, v in encode_encoder(tokenizer, examples, max_length).items()}
-        logits = model(**enc, task_ids=task_ids).logits[:, : task.num_labels].float()
-        return logits.squeeze(-1) if task.regression else logits.softmax(-1)
+        pairs = [task.kind.encoder_pairs(task, e) for e in examples]
+        enc = {k: v.to(task_ids.device) for k, v in encode_encoder(tokenizer, pairs, max_length).items()}
+        logits = model(**enc, task_ids=task_ids).logits.float()
+        return [row[row > float("-inf")] for row in logits]  # the widest head pads the others with -inf
+
+    def read(self, task, example, scores):
+        return task.kind.from_head(task, scores)
 
 
 class GenerativeFamily(ModelFamily):
     """Text-to-text families: the answer is text, learned and scored token by token."""
 
-    encode: ClassVar[Callable[..., dict[str, torch.Tensor]]]  # prompts and answers -> a batch
-    encode_one: ClassVar[Callable[..., Features]]  # one prompt and answer -> its features
-    shift: ClassVar[bool]  # a causal LM predicts token i+1 at position i
-    labels_build_decoder_inputs: ClassVar[bool]  # T5 derives its decoder inputs from `labels`
+    modes = ("score", "generate")
+    encode_one: ClassVar[Callable[..., Features]]  # one context and continuation -> its features
+    pair_ids: ClassVar[Callable[..., tuple[list[int], list[int]]]]  # their tokens, as encode_one has them
+    context_shares_length: ClassVar[bool]  # context and continuation share max_length (one sequence)
     prompt_padding_side: ClassVar[str]  # where prompts are padded for generation
     generation_repeats_prompt: ClassVar[bool]  # a decoder's generate() output starts with the prompt
 
     def features(self, tokenizer, task_index, task, example, max_length):
-        enc = self.encode_one(tokenizer, task.prompt(example), task.answer(example.label), max_length)
+        target = task.kind.target(task, example)
+        enc = self.encode_one(tokenizer, target.context, target.text, task.kind.ends_with_eos, max_length)
         return enc | {"task_ids": task_index}
 
     def predict(self, model, tokenizer, task, task_ids, examples, max_length, mode):
-        if mode == "generate":
+        if mode == "generate" or task.kind.generates:
             texts = self.generate(model, tokenizer, task, task_ids, examples, max_length)
-            return [parse_answer(task, text) for text in texts]
+            return [task.kind.parse(task, e, text) for e, text in zip(examples, texts, strict=True)]
         return super().predict(model, tokenizer, task, task_ids, examples, max_length, mode)
 
     def scores(self, model, tokenizer, task, task_ids, examples, max_length):
-        """Each candidate answer's likelihood, normalised over the candidates; for regression, the
-        expected value over the candidate scores."""
-        ids, chunk, cands = task_ids, examples, candidates(task)
-        prompts = [task.prompt(e) for e in chunk for _ in cands]
-        answers = cands * len(chunk)
-        device = ids.device
-        batch = {k: v.to(device) for k, v in self.encode(tokenizer, prompts, answers, max_length).items()}
-        labels = batch.pop("labels")
-        extra = {"labels": labels} if self.labels_build_decoder_inputs else {}
-        logits = model(**batch, **extra, task_ids=ids.repeat_interleave(len(cands))).logits
-        probs = answer_logprob(logits, labels, shift=self.shift).view(len(chunk), len(cands)).softmax(-1)
-        if task.regression:
-            return (probs * torch.tensor([float(c) for c in cands], device=device)).sum(-1)
-        return probs
+        options = [task.kind.options(task, e) for e in examples]
+        contexts: dict[tuple[int, str], int] = {}  # each example's distinct contexts, encoded once
+        owner, context_of, pairs = [], [], []
+        for i, example_options in enumerate(options):
+            for option in example_options:
+                key = (i, option.context)
+                if key not in contexts:
+                    contexts[key] = len(contexts)
+                    owner.append(i)
+                context_of.append(contexts[key])
+                eos = task.kind.ends_with_eos
+                pairs.append(self.pair_ids(tokenizer, option.context, option.text, eos, max_length))
+        heads = [[] for _ in contexts]
+        for c, (head, _) in zip(context_of, pairs, strict=True):
+            heads[c] = head
+        continuations = [cont for _, cont in pairs]
+        longest = [0] * len(heads)
+        for c, cont in zip(context_of, continuations, strict=True):
+            longest[c] = max(longest[c], len(cont))
+        if self.context_shares_length:  # cut from the left, so the longest continuation fits
+            heads = [h[-max(1, max_length - n) :] for h, n in zip(heads, longest, strict=True)]
+        owners = torch.tensor(owner, device=task_ids.device)
+        logprobs = self.continuation_logprobs(
+            model, tokenizer, heads, task_ids[owners], torch.tensor(context_of), continuations
+        )
+        sizes = [len(o) for o in options]
+        return list(logprobs.split(sizes))
+
+    @abc.abstractmethod
+    def continuation_logprobs(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        contexts: list[list[int]],
+        task_ids: torch.Tensor,
+        context_of: torch.Tensor,
+        continuations: list[list[int]],
+    ) -> torch.Tensor:
+        """The summed log-likelihood of each continuation after its context (`context_of` its index in
+        `contexts`, whose `task_ids` route them), each context run through the model once."""
+
+    def read(self, task, example, scores):
+        return task.kind.from_logprobs(task, example, scores)
 
     def generate(
         self,
@@ -175,7 +235,7 @@ class GenerativeFamily(ModelFamily):
         chunk: Sequence[Example],
         max_length: int,
     ) -> list[str]:
-        """The text the model generates after each example's prompt (greedy, a few tokens)."""
+        """The text the model generates after each example's prompt (greedy, up to the kind's limit)."""
         prompts = [task.prompt(e) for e in chunk]
         side = tokenizer.padding_side
         tokenizer.padding_side = self.prompt_padding_side
@@ -187,7 +247,11 @@ class GenerativeFamily(ModelFamily):
             tokenizer.padding_side = side
         enc = {k: v.to(ids.device) for k, v in enc.items()}
         out = model.generate(
-            **enc, task_ids=ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            **enc,
+            task_ids=ids,
+            max_new_tokens=task.kind.max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
         )
         if self.generation_repeats_prompt:
             out = out[:, enc["input_ids"].shape[1] :]
@@ -195,25 +259,84 @@ class GenerativeFamily(ModelFamily):
 
 
 class DecoderFamily(GenerativeFamily):
+    """A causal LM. Scoring runs each context once (left-padded, its key-value cache kept) and then
+    every continuation of it from that cache: the prompt is not re-encoded per candidate."""
+
     name = "decoder"
     auto_class = "AutoModelForCausalLM"
-    encode = staticmethod(encode_decoder)
     encode_one = staticmethod(decoder_features)
-    shift = True
-    labels_build_decoder_inputs = False
+    pair_ids = staticmethod(
+        lambda tokenizer, context, text, eos, _: continuation_ids(tokenizer, context, text, eos)
+    )
+    context_shares_length = True
     prompt_padding_side = "left"
     generation_repeats_prompt = True
 
+    def continuation_logprobs(self, model, tokenizer, contexts, task_ids, context_of, continuations):
+        device = task_ids.device
+        pad = pad_id(tokenizer)
+        width = max(len(c) for c in contexts)
+        ctx = torch.tensor([[pad] * (width - len(c)) + c for c in contexts], device=device)
+        ctx_mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=device)
+        cache_name, keep = _cache_arguments(model)
+        out = model(
+            input_ids=ctx,
+            attention_mask=ctx_mask,
+            position_ids=(ctx_mask.cumsum(-1) - 1).clamp(min=0),
+            task_ids=task_ids,
+            use_cache=True,
+            **keep,  # only the last position's logits: it predicts each continuation's first token
+        )
+        rows = context_of.to(device)
+        cache = out[cache_name]
+        cache.batch_select_indices(rows)  # each context's cache, once per continuation of it
+        cont = pad_features([{"input_ids": c, "labels": c} for c in continuations], pad)
+        cont = {k: v.to(device) for k, v in cont.items()}
+        lengths = ctx_mask.sum(-1)[rows]
+        steps = torch.arange(cont["input_ids"].shape[1], device=device)
+        later = model(
+            input_ids=cont["input_ids"],
+            attention_mask=torch.cat([ctx_mask[rows], cont["attention_mask"]], dim=1),
+            position_ids=lengths[:, None] + steps,
+            **{cache_name: cache},
+            task_ids=task_ids[rows],
+            use_cache=True,
+        ).logits
+        logits = torch.cat([out.logits[rows, -1:], later[:, :-1]], dim=1)
+        return answer_logprob(logits, cont["labels"], shift=False)
+
 
 class Seq2SeqFamily(GenerativeFamily):
+    """An encoder-decoder (T5). Scoring encodes each context once and decodes every continuation from
+    that encoding."""
+
     name = "seq2seq"
     auto_class = "AutoModelForSeq2SeqLM"
-    encode = staticmethod(encode_seq2seq)
     encode_one = staticmethod(seq2seq_features)
-    shift = False
-    labels_build_decoder_inputs = True
+    pair_ids = staticmethod(seq2seq_ids)
+    context_shares_length = False
     prompt_padding_side = "right"
     generation_repeats_prompt = False
+
+    def continuation_logprobs(self, model, tokenizer, contexts, task_ids, context_of, continuations):
+        device = task_ids.device
+        ctx = {
+            k: v.to(device)
+            for k, v in pad_features([{"input_ids": c} for c in contexts], pad_id(tokenizer)).items()
+        }
+        start = torch.full(
+            (len(contexts), 1), _language_model(model).config.decoder_start_token_id, device=device
+        )
+        encoded = model(**ctx, decoder_input_ids=start, task_ids=task_ids).encoder_last_hidden_state
+        rows = context_of.to(device)
+        labels = pad_features([{"labels": c} for c in continuations], pad_id(tokenizer))["labels"].to(device)
+        logits = model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoded[rows]),
+            attention_mask=ctx["attention_mask"][rows],
+            labels=labels,
+            task_ids=task_ids[rows],
+        ).logits
+        return answer_logprob(logits, labels, shift=False)
 
 
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (EncoderFamily(), DecoderFamily(), Seq2SeqFamily())}
@@ -235,10 +358,20 @@ def family_of(config: Any) -> ModelFamily:
     )
 
 
-# -- scoring and parsing answers ---------------------------------------------------------------------
-def candidates(task: Task) -> list[str]:
-    """The answers a generative model's scores are compared over."""
-    return REGRESSION_CANDIDATES if task.regression else list(task.label_words)
+# -- scoring ---------------------------------------------------------------------------------------
+def _language_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside `model` (a RankMixModel, a DDP replica's module, or itself)."""
+    from transformers import PreTrainedModel
+
+    return next(m for m in model.modules() if isinstance(m, PreTrainedModel))  # the outermost
+
+
+def _cache_arguments(model: nn.Module) -> tuple[str, dict[str, int]]:
+    """The name a causal LM's forward gives its key-value cache (transformers 5: `cache`, before:
+    `past_key_values`), and the argument that keeps only the last position's logits, where it has one."""
+    params = inspect.signature(type(_language_model(model)).forward).parameters
+    keep = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+    return ("cache" if "cache" in params else "past_key_values"), ({keep: 1} if keep else {})
 
 
 def answer_logprob(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> torch.Tensor:
@@ -249,21 +382,3 @@ def answer_logprob(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> t
     mask = labels != IGNORE
     picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * mask).sum(-1)
-
-
-def parse_answer(task: Task, text: str) -> float:
-    """The first label word (or number) in generated text; -1 (always wrong) when there is none."""
-    words = text.strip().lower().replace(",", " ").split()
-    for word in (w.strip(".!?") for w in words):
-        if task.regression:
-            try:
-                value = float(word)
-            except ValueError:
-                continue
-            if math.isfinite(value):
-                return value
-            continue
-        for i, label in enumerate(task.label_words):
-            if word == label.lower():
-                return float(i)
-    return -1.0

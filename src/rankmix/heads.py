@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
 from .model import RankMixModel
+from .tasks.base import Task
 
 
 class MultiTaskHeads(nn.Module):
-    """Mean-pooled body output -> a Linear head per task (num_labels outputs, 1 for regression).
-    Logits are padded to the widest head with -inf so one tensor serves a mixed batch."""
+    """Mean-pooled body output -> a Linear head per task, as wide as its kind says (labels; 1 for a
+    score or a multiple-choice option), trained with its kind's loss. An example may bring several
+    encoded rows (`choices`: the options of a multiple-choice row, one logit each); its logits are then
+    its rows' outputs side by side. Logits are padded to the widest example with -inf so one tensor
+    serves a mixed batch."""
 
-    def __init__(self, body: RankMixModel, num_labels: list[int], regression: list[bool]) -> None:
+    def __init__(self, body: RankMixModel, tasks: Sequence[Task]) -> None:
         super().__init__()
         self.body = body
         hidden = body.base_model.config.hidden_size
-        self.heads = nn.ModuleList(nn.Linear(hidden, n) for n in num_labels)
-        self.regression = list(regression)
-        self.width = max(num_labels)
+        self.heads = nn.ModuleList(nn.Linear(hidden, t.kind.head_size(t)) for t in tasks)
+        self.losses = [t.kind.head_loss for t in tasks]
 
     def forward(
         self,
@@ -29,33 +33,41 @@ class MultiTaskHeads(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         task_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        choices: torch.Tensor | None = None,
         **inputs,
     ) -> ModelOutput:
         """Logits per example for its task's head (and the loss, given labels). The inputs are named so
         that transformers' Trainer keeps those dataset columns."""
         if task_ids is None or attention_mask is None:
             raise ValueError("pass task_ids and attention_mask: each example goes to its task's head")
+        examples = task_ids.shape[0]
+        counts = torch.ones_like(task_ids) if choices is None else choices.to(task_ids.device)
+        owner = torch.arange(examples, device=task_ids.device).repeat_interleave(counts)  # example of a row
+        position = torch.arange(owner.shape[0], device=owner.device) - (counts.cumsum(0) - counts)[owner]
+        row_tasks = task_ids[owner]
         body_inputs = {"input_ids": input_ids, "token_type_ids": token_type_ids} | inputs
         body_inputs = {k: v for k, v in body_inputs.items() if v is not None}
-        out = self.body(**body_inputs, attention_mask=attention_mask, task_ids=task_ids)
+        out = self.body(**body_inputs, attention_mask=attention_mask, task_ids=row_tasks)
         hidden = out.last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        logits = pooled.new_full((pooled.shape[0], self.width), float("-inf"))
+        tasks = task_ids.unique().tolist()
+        widths = {t: self.heads[t].out_features for t in tasks}
+        width = max(int(c) * widths[int(t)] for c, t in zip(counts.tolist(), task_ids.tolist(), strict=True))
+        logits = pooled.new_full((examples, width), float("-inf"))
         losses = []
-        for t in task_ids.unique().tolist():
-            rows = (task_ids == t).nonzero().squeeze(-1)
-            task_logits = self.heads[t](pooled[rows])
-            logits[rows, : task_logits.shape[-1]] = task_logits.to(logits.dtype)
+        for t in tasks:
+            rows = (row_tasks == t).nonzero().squeeze(-1)
+            n = widths[t]
+            columns = position[rows, None] * n + torch.arange(n, device=rows.device)
+            logits[owner[rows, None], columns] = self.heads[t](pooled[rows]).to(logits.dtype)
             if labels is not None:
-                target = labels[rows]
-                if self.regression[t]:
-                    losses.append(F.mse_loss(task_logits.squeeze(-1), target.float(), reduction="sum"))
-                else:
-                    losses.append(F.cross_entropy(task_logits, target.long(), reduction="sum"))
+                mine = (task_ids == t).nonzero().squeeze(-1)
+                task_width = int(counts[mine].max()) * n
+                losses.append(self.losses[t](logits[mine, :task_width], labels[mine]))
         result = ModelOutput(logits=logits)
         if losses:
-            result["loss"] = torch.stack(losses).sum() / task_ids.shape[0] + out.get("aux_loss", 0.0)
+            result["loss"] = torch.stack(losses).sum() / examples + out.get("aux_loss", 0.0)
         if "aux_losses" in out:
             result["aux_losses"] = out["aux_losses"]
         return result

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..families import ModelFamily
 from ..tasks.base import Example, Task
+from ..tasks.kinds import Prediction
 
 
 @torch.no_grad()
@@ -25,23 +26,23 @@ def predict(
     max_length: int,
     mode: str = "score",
     share: tuple[int, int] = (0, 1),
-) -> list[float]:
-    """One prediction per example: a class index, or a float for regression. With `share` (rank, world)
+) -> list[Prediction]:
+    """One prediction per example (what one is, its task's kind says). With `share` (rank, world)
     of a torch.distributed job, each process predicts every world-th example with its own replica of
     `model`, and every process gets all the predictions, in order."""
     rank, world = share
     mine = examples[rank::world]
     device = next(p.device for p in model.parameters())
-    preds: list[float] = []
+    preds: list[Prediction] = []
     for start in range(0, len(mine), batch_size):
         chunk = mine[start : start + batch_size]
         ids = torch.full((len(chunk),), task_index, dtype=torch.long, device=device)
         preds += family.predict(model, tokenizer, task, ids, chunk, max_length, mode)
     if world == 1:
         return preds
-    parts: list[list[float]] = [[] for _ in range(world)]
+    parts: list[list[Prediction]] = [[] for _ in range(world)]
     dist.all_gather_object(parts, preds)
-    ordered: list[float] = [0.0] * len(examples)
+    ordered: list[Prediction] = [0.0] * len(examples)
     for r, part in enumerate(parts):
         ordered[r::world] = part
     return ordered
@@ -58,7 +59,8 @@ def evaluate(
     mode: str = "score",
     share: tuple[int, int] = (0, 1),
 ) -> dict[str, dict[str, float]]:
-    """{task: {metric: value, "score": mean}} for every task (each process predicting its `share`)."""
+    """{task: {metric: value, "score": ...}} for every task (each process predicting its `share`)."""
+    family.check(tasks, mode)
     was_training = model.training
     model.eval()
     results = {}

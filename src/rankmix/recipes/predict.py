@@ -15,10 +15,12 @@ from .run import Run
 
 
 def read_rows(path: Path, task: Task) -> list[Example]:
-    """Examples from a JSON-lines file whose rows hold the task's text fields; an unusable row is an
-    error naming its line, raised before any prediction."""
+    """Examples from a JSON-lines file whose rows hold the task's text fields (and, for a
+    multiple-choice task, its options); an unusable row is an error naming its line, raised before
+    any prediction."""
     first, second = (*task.text_fields, None)[:2]
     pair = "{text_b}" in task.template
+    wants_choices = bool(task.kind.needs_choices)
     examples = []
     for number, line in enumerate(read_utf8(path, "input file").splitlines(), 1):
         if not line.strip():
@@ -33,7 +35,15 @@ def read_rows(path: Path, task: Task) -> list[Example]:
                 f"{path}, line {number}: task {task.name} needs a JSON object with the non-empty text "
                 f"field(s) {', '.join(repr(k) for k in wanted)}"
             )
-        examples.append(Example(row[first], row[second] if pair else None, 0))
+        choices = row.get(task.choices_field) if wants_choices else ()
+        if wants_choices and not (
+            isinstance(choices, list) and len(choices) >= 2 and all(map(_is_text, choices))
+        ):
+            raise ValueError(
+                f"{path}, line {number}: task {task.name} is a multiple-choice task; each row needs "
+                f"{task.choices_field!r}, a list of at least two non-empty option strings"
+            )
+        examples.append(Example(row[first], row[second] if pair else None, 0, tuple(choices)))
     if not examples:
         raise ValueError(f"{path} holds no rows to predict on")
     return examples
@@ -47,6 +57,11 @@ def _is_text(value: Any) -> bool:
 def text_example(task: Task, text: str) -> Example:
     if not _is_text(text):
         raise ValueError("--text is empty; pass the text to predict on (training skips empty texts too)")
+    if task.kind.needs_choices:
+        raise ValueError(
+            f"task {task.name} is a multiple-choice task: pass its rows, each with its options "
+            f"({task.choices_field!r}), in a JSON-lines file (--input)"
+        )
     if "{text_b}" in task.template:
         raise ValueError(
             f"task {task.name} takes two texts: pass them as rows of a JSON-lines file (--input), with "
@@ -60,22 +75,20 @@ def predict_records(
     run: Run, task_name: str, examples: Sequence[Example], mode: str, batch_size: int
 ) -> Iterator[dict[str, Any]]:
     """One record per example: the label and its probability (classification), the value (regression),
-    or the generated text and the label read from it (mode "generate")."""
+    the option picked and its probability (multiple choice), or the generated text (mode "generate",
+    and generation tasks)."""
     t = next(i for i, task in enumerate(run.tasks) if task.name == task_name)
     task, family, model = run.tasks[t], run.family, run.model.eval()
+    family.check([task], mode)
     device = next(p.device for p in model.parameters())
     max_length = run.config.train.max_length
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         ids = torch.full((len(chunk),), t, dtype=torch.long, device=device)
-        if mode == "generate":
+        if mode == "generate" or task.kind.generates:
             for text in family.generate(model, run.tokenizer, task, ids, chunk, max_length):
                 yield {"text": text}
             continue
         scores = family.scores(model, run.tokenizer, task, ids, chunk, max_length)
-        for row in scores.tolist():
-            if task.regression:
-                yield {"score": row}
-            else:
-                best = max(range(len(row)), key=row.__getitem__)
-                yield {"label": task.labels[best], "score": row[best]}
+        for example, values in zip(chunk, scores, strict=True):
+            yield task.kind.record(task, example, family.read(task, example, values), values)

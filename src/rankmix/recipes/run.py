@@ -6,6 +6,7 @@ The adapter folder, results and heads are written atomically (files.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from ..files import atomic_folder, write_json
 from ..model import RankMixModel, get_model
 from ..persistence import read_adapter_config, read_safetensors, save_tensors
 from ..stats import allocation, by_layer, mean_selected_ranks
-from ..tasks import get_task, load_custom_task
+from ..tasks import get_task, load_custom_task, task_names
 from ..tasks.base import Example, Task
 from .evaluate import evaluate
 from .loading import load_model
@@ -51,9 +52,42 @@ class Run:
 
 # -- preparing a run ---------------------------------------------------------------------------------
 def resolve_tasks(cfg: RunConfig) -> list[Task]:
+    """The recipe's tasks, each of the kind `cfg.task_kinds` records (where it does), and that record
+    completed, so that the run folder keeps it."""
     for path in cfg.custom_tasks:
         load_custom_task(path)
-    return [get_task(name) for name in cfg.tasks]
+    kinds = cfg.task_kinds or {}
+    tasks = [as_trained(get_task(name), kinds.get(name)) for name in cfg.tasks]
+    cfg.task_kinds = {t.name: t.kind.name for t in tasks}
+    return tasks
+
+
+LABEL_WORDS = "_labels"  # the suffix of a task's label-word twin (the format before task kinds)
+
+
+def as_trained(task: Task, kind: str | None) -> Task:
+    """`task` as a run trained it: a run recorded as another kind than the task is now (the label-word
+    format, before the commonsense tasks became multiple-choice ones) gets the task's twin of that
+    kind, under the task's own name."""
+    if kind is None or kind == task.kind.name:
+        return task
+    twin = f"{task.name}{LABEL_WORDS}"
+    if twin in task_names() and get_task(twin).kind.name == kind:
+        return dataclasses.replace(get_task(twin), name=task.name)
+    raise ValueError(
+        f"this run trained {task.name} as a {kind} task, and {task.name} is a {task.kind.name} task now; "
+        "evaluate it with the rankmix version that trained it"
+    )
+
+
+def legacy_kinds(tasks: list[str]) -> dict[str, str]:
+    """The kinds a run.yaml written before task kinds meant: the label-word twin's, where a task has one."""
+    return {
+        name: get_task(f"{name}{LABEL_WORDS}").kind.name
+        if f"{name}{LABEL_WORDS}" in task_names()
+        else get_task(name).kind.name
+        for name in tasks
+    }
 
 
 def _subset(examples: list[Example], cap: int | None, seed: int) -> list[Example]:
@@ -86,6 +120,7 @@ def build_model(cfg: RunConfig, tasks: list[Task]) -> tuple[nn.Module, RankMixMo
     """(trainable module, adapted model, tokenizer, family), initialised with the run's seed."""
     torch.manual_seed(cfg.train.seed)
     base, tokenizer, family = load_model(cfg.model)
+    family.check(tasks, cfg.eval_mode)
     adapted = get_model(base, cfg.adapter_config())
     return family.wrap(adapted, tasks), adapted, tokenizer, family
 
@@ -151,6 +186,10 @@ def open_run(folder: str | Path, overrides: list[str], splits: tuple[str, ...] =
         )
     cfg = load_run_config(path / RUN_CONFIG, overrides, paths_from_file=True)
     cfg.method = read_adapter_config(path)["adapter"]  # complete, unlike a recipe that relied on defaults
+    if cfg.task_kinds is None:  # trained before task kinds
+        for custom in cfg.custom_tasks:
+            load_custom_task(custom)
+        cfg.task_kinds = legacy_kinds(cfg.tasks)
     run = prepare(cfg, splits)
     for attempt in range(3):  # a run in training swaps in a new adapter/ at each best evaluation:
         before = _identity(path)  # read again until one whole adapter folder was read
@@ -234,7 +273,7 @@ def save_task_head(run: Run, task: str, folder: Path) -> None:
     to apply it (mean pooling over the attention mask, then the Linear; README: "Exported adapters")."""
     t = [x.name for x in run.tasks].index(task)
     save_tensors(folder / TASK_HEAD_NAME, run.heads[t].state_dict())
-    meta = {"task": task, "pooling": "mean", "regression": run.tasks[t].regression}
+    meta = {"task": task, "pooling": "mean", "kind": run.tasks[t].kind.name}
     write_json(folder / TASK_HEAD_CONFIG, meta | {"labels": list(run.tasks[t].labels)})
 
 

@@ -132,6 +132,14 @@ class RunConfig:
         },
     )
     eval_mode: str = field(default="score", metadata={"help": "score candidates (default) or generate"})
+    task_kinds: dict[str, str] | None = field(
+        default=None,
+        metadata={
+            "help": "the kind each task was trained as, {task: kind}: training writes it into the run's "
+            "run.yaml; a run.yaml without it predates task kinds (its commonsense tasks are the "
+            "label-word ones, <task>_labels)"
+        },
+    )
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -242,5 +250,7 @@ def load_run_config(
                 data[key] = _absolute(data[key], path.parent)
     data = apply_overrides(data, overrides or [])
     if isinstance(data.get("custom_tasks"), list):  # relative to the recipe, kept absolute in run.yaml
-        data["custom_tasks"] = [str((path.parent / p).resolve()) for p in data["custom_tasks"]]
+        data["custom_tasks"] = [
+            str((path.parent / p).resolve()) if isinstance(p, str) else p for p in data["custom_tasks"]
+        ]  # anything else than a path is refused by the config's own check
     return _build(RunConfig, data)

@@ -5,15 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from .kinds import CLASSIFICATION, Prediction, TaskKind
 
 
 @dataclass(frozen=True)
 class Example:
-    """One row: one or two texts and a label (class index, or a float score for regression)."""
+    """One row: one or two texts and a label (a class index, a float score for regression, the right
+    option's index for multiple choice, the target text for generation); a multiple-choice row also
+    carries its options."""
 
     text_a: str
     text_b: str | None
-    label: int | float
+    label: int | float | str
+    choices: tuple[str, ...] = ()
 
 
 # A reader turns (data_dir, split, strict) into (examples, number of malformed rows skipped).
@@ -22,10 +28,12 @@ Reader = Callable[[Path, str, bool], tuple[list[Example], int]]
 
 @dataclass(frozen=True)
 class Task:
-    """A benchmark task. `labels` are the class names as the data stores them; `label_words` the answers
-    a decoder or T5 model is trained to produce (same order); `template` formats the prompt from
-    {text_a} and {text_b}. Regression tasks have no labels and answer with the score. `text_fields` name
-    the keys of a JSON row to predict on (`rankmix predict`): a custom task's own, else text_a, text_b."""
+    """A benchmark task. `kind` (kinds.py) says what its rows hold and how they are learned and scored.
+    For classification, `labels` are the class names as the data stores them and `label_words` the
+    answers a decoder or T5 model is trained to produce (same order); other kinds have none. `template`
+    formats the prompt from {text_a} and {text_b}. `text_fields` (and, for multiple choice,
+    `choices_field`) name the keys of a JSON row to predict on (`rankmix predict`): a custom task's
+    own, else text_a, text_b and choices."""
 
     name: str
     labels: tuple[str, ...]
@@ -34,20 +42,12 @@ class Task:
     template: str
     reader: Reader = field(repr=False, compare=False)
     hub: Reader | None = field(default=None, repr=False, compare=False)
-    regression: bool = False
+    kind: TaskKind = CLASSIFICATION
     text_fields: tuple[str, ...] = ("text_a", "text_b")
-
-    @property
-    def num_labels(self) -> int:
-        return 1 if self.regression else len(self.labels)
+    choices_field: str = "choices"
 
     def prompt(self, example: Example) -> str:
         return self.template.format(text_a=example.text_a, text_b=example.text_b or "")
-
-    def answer(self, label: int | float) -> str:
-        """The target text: the label word, or for regression the rounded score, so that generative
-        training targets are the candidates evaluation scores (0..5 for STS-B)."""
-        return str(round(label)) if self.regression else self.label_words[int(label)]
 
     def load(
         self, split: str, data_dir: str | Path | None = None, strict: bool = False
@@ -62,12 +62,10 @@ class Task:
             return self.hub(Path(), split, strict)
         return self.reader(Path(data_dir), split, strict)
 
-    def score(
-        self, predictions: Sequence[int | float], references: Sequence[int | float]
-    ) -> dict[str, float]:
-        """Every metric of this task plus "score", their mean (the task's number in averages)."""
-        from .metrics import compute
-
-        values = {m: compute(m, predictions, references) for m in self.metrics}
-        values["score"] = sum(values.values()) / len(values)
+    def score(self, predictions: Sequence[Prediction], references: Sequence[Any]) -> dict[str, float]:
+        """Every metric of this task plus "score": for multiple choice its acc_norm, else the metrics'
+        mean (the task's number in averages)."""
+        values = self.kind.score(self.metrics, predictions, references)
+        main = [values["acc_norm"]] if "acc_norm" in values else list(values.values())
+        values["score"] = sum(main) / len(main)
         return values

@@ -1,6 +1,7 @@
 """User tasks from a YAML file over JSON-lines data, so a new task needs no code:
 
     name: my_sentiment
+    kind: classification                        # (default) | regression | multiple_choice | generation
     data: {train: train.jsonl, dev: dev.jsonl}   # paths relative to the YAML file
     text_fields: [review]                       # one or two keys -> text_a, text_b
     label_field: label
@@ -9,8 +10,11 @@
     metrics: [accuracy]                         # default accuracy (pearson + spearman for regression)
     template: "Review: {text_a}\\nSentiment:"    # optional
 
-Every key is checked when the file is loaded, before any long work. The data files are named by the
-YAML, so the task reads them whatever data_dir a recipe passes (and also when it passes none).
+A multiple-choice task names `choices_field` (a JSON list of option strings per row) and
+`answer_field` (the index of the right option); a generation task `answer_field` (the target text).
+Neither has labels. Every key is checked when the file is loaded, before any long work. The data
+files are named by the YAML, so the task reads them whatever data_dir a recipe passes (and also
+when it passes none).
 """
 
 from __future__ import annotations
@@ -22,13 +26,30 @@ from typing import Any
 from ..files import read_utf8, read_yaml
 from ..hints import did_you_mean
 from .base import Task
-from .metrics import METRICS
+from .kinds import KINDS, TaskKind
 from .readers import columns, json_reader, label_key
 from .registry import register_task
 
-_REQUIRED = ("name", "data", "text_fields", "label_field")
-_KEYS = (*_REQUIRED, "labels", "label_words", "metrics", "template", "regression")
-_CLASSIFICATION_METRICS = ("accuracy", "f1", "mcc")
+_REQUIRED = ("name", "data", "text_fields")
+_KEYS = (
+    *_REQUIRED,
+    "kind",
+    "label_field",
+    "labels",
+    "label_words",
+    "regression",
+    "choices_field",
+    "answer_field",
+    "metrics",
+    "template",
+)
+# the keys of each kind beyond the common ones; the first is required
+_KIND_KEYS = {
+    "classification": ("label_field", "labels", "label_words"),
+    "regression": ("label_field", "regression"),
+    "multiple_choice": ("choices_field", "answer_field"),
+    "generation": ("answer_field",),
+}
 
 
 def _strings(value: Any, key: str, where: str) -> tuple[str, ...]:
@@ -49,6 +70,26 @@ def _check_keys(spec: dict[str, Any], where: str) -> None:
         raise ValueError(f"{where}: missing required key(s) {', '.join(missing)}")
 
 
+def _kind(spec: dict[str, Any], where: str) -> TaskKind:
+    """The kind a spec asks for (`kind`, or for a spec of today's keys: regression when it says so or
+    has no labels), with its keys checked."""
+    default = "regression" if spec.get("regression", "labels" not in spec) is True else "classification"
+    name = spec.get("kind", default)
+    if name not in KINDS:
+        hint = did_you_mean(str(name), KINDS)
+        raise ValueError(f"{where}: unknown kind {name!r}{hint} Kinds: {', '.join(KINDS)}")
+    own = _KIND_KEYS[name]
+    other = [k for k in spec if k in {x for keys in _KIND_KEYS.values() for x in keys} - set(own)]
+    if other and not (name == "classification" and other == ["regression"] and spec["regression"] is False):
+        raise ValueError(f"{where}: a {name} task takes no {', '.join(other)}; its keys are {', '.join(own)}")
+    if own[0] not in spec:
+        raise ValueError(f"{where}: a {name} task needs {own[0]}")
+    for key in ("label_field", "choices_field", "answer_field"):
+        if key in spec and (not isinstance(spec[key], str) or not spec[key]):
+            raise ValueError(f"{where}: {key} must be one key (a string), got {spec[key]!r}")
+    return KINDS[name]
+
+
 def _data_files(data: Any, folder: Path, where: str) -> dict[str, Path]:
     if not isinstance(data, dict) or not data or not set(data) <= {"train", "dev"}:
         raise ValueError(f"{where}: data must map train and/or dev to a file, got {data!r}")
@@ -66,16 +107,13 @@ def _data_files(data: Any, folder: Path, where: str) -> dict[str, Path]:
     return files
 
 
-def _labels(spec: dict[str, Any], where: str) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
-    """(labels, label_words, regression) of a spec."""
-    regression = spec.get("regression", "labels" not in spec)
+def _labels(spec: dict[str, Any], kind: TaskKind, where: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(labels, label_words) of a spec: those of a classification task; other kinds have none."""
+    regression = spec.get("regression", False)
     if not isinstance(regression, bool):
         raise ValueError(f"{where}: regression must be true or false, got {regression!r}")
-    if regression:
-        extra = [k for k in ("labels", "label_words") if k in spec]
-        if extra:
-            raise ValueError(f"{where}: a regression task has no {' or '.join(extra)}; remove them")
-        return (), (), True
+    if kind is not KINDS["classification"]:
+        return (), ()
     if "labels" not in spec:
         raise ValueError(f"{where}: a classification task needs labels (or set regression: true)")
     raw = spec["labels"]
@@ -87,18 +125,13 @@ def _labels(spec: dict[str, Any], where: str) -> tuple[tuple[str, ...], tuple[st
     words = _strings(spec.get("label_words", list(labels)), "label_words", where)
     if len(words) != len(labels):
         raise ValueError(f"{where}: {len(words)} label_words for {len(labels)} labels")
-    return labels, words, False
+    return labels, words
 
 
-def _metrics(spec: dict[str, Any], labels: tuple[str, ...], regression: bool, where: str) -> tuple[str, ...]:
-    default = ["pearson", "spearman"] if regression else ["accuracy"]
-    metrics = _strings(spec.get("metrics", default), "metrics", where)
+def _metrics(spec: dict[str, Any], labels: tuple[str, ...], kind: TaskKind, where: str) -> tuple[str, ...]:
+    metrics = _strings(spec.get("metrics", list(kind.default_metrics)), "metrics", where)
+    kind.check_metrics(metrics, where)
     for metric in metrics:
-        if metric not in METRICS:
-            raise ValueError(f"{where}: unknown metric {metric!r}; known metrics: {', '.join(METRICS)}")
-        if regression == (metric in _CLASSIFICATION_METRICS):
-            kind = "a regression" if regression else "a classification"
-            raise ValueError(f"{where}: metric {metric!r} does not apply to {kind} task")
         if metric == "f1" and len(labels) != 2:
             raise ValueError(f"{where}: f1 needs two labels (the second is the positive class), got {labels}")
     return metrics
@@ -153,16 +186,23 @@ def load_custom_task(path: str | Path) -> Task:
         raise ValueError(
             f"{where}: text_fields takes one or two keys (text_a, text_b), got {list(text_fields)}"
         )
-    label_field = spec["label_field"]
-    if not isinstance(label_field, str) or not label_field:
-        raise ValueError(f"{where}: label_field must be one key (a string), got {label_field!r}")
-    labels, words, regression = _labels(spec, where)
-    metrics = _metrics(spec, labels, regression, where)
+    kind = _kind(spec, where)
+    labels, words = _labels(spec, kind, where)
+    metrics = _metrics(spec, labels, kind, where)
     pair = len(text_fields) == 2
     template = _template(spec, pair, where)
-    convert = columns(text_fields[0], text_fields[1] if pair else None, label_field)
-    reader = json_reader(files, convert, labels, has_b=pair, hint=f"named in {where}")
-    task = Task(name, labels, words, metrics, template, reader, reader, regression, tuple(text_fields))
+    choices = spec.get("choices_field")
+    convert = columns(
+        text_fields[0],
+        text_fields[1] if pair else None,
+        spec.get("label_field", spec.get("answer_field")),
+        choices,
+    )
+    target = "choice" if choices else "text" if "answer_field" in spec else "label"
+    reader = json_reader(files, convert, labels, has_b=pair, hint=f"named in {where}", target=target)
+    task = Task(
+        name, labels, words, metrics, template, reader, reader, kind, tuple(text_fields), choices or "choices"
+    )
     task = register_task(task)
     _LOADED[key] = task
     return task

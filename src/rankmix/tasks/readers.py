@@ -25,13 +25,19 @@ LAYOUT = (
     "with glue/, superglue/, commonsense/, commonsenseqa/ (and scitail/) inside (README: Tasks)"
 )
 
-# One row as (text_a, text_b or None, raw label), from a dict-like record (JSON object or hub row).
-Convert = Callable[[Mapping[str, Any]], tuple[Any, Any, Any]]
+# One row as (text_a, text_b or None, raw label), or with a fourth item, the row's options (multiple
+# choice), from a dict-like record (JSON object or hub row).
+Convert = Callable[[Mapping[str, Any]], tuple[Any, ...]]
+# What a row's label is: a class name or score ("label"), the index of one of its options ("choice"),
+# or a target text ("text").
+TARGETS = ("label", "choice", "text")
 
 
-def columns(text_a: str, text_b: str | None, label: str) -> Convert:
-    """A converter taking the texts and the label from named fields of a record."""
-    return lambda row: (row[text_a], None if text_b is None else row[text_b], row[label])
+def columns(text_a: str, text_b: str | None, label: str, choices: str | None = None) -> Convert:
+    """A converter taking the texts, the label (and the options) from named fields of a record."""
+    if choices is None:
+        return lambda row: (row[text_a], None if text_b is None else row[text_b], row[label])
+    return lambda row: (row[text_a], None if text_b is None else row[text_b], row[label], row[choices])
 
 
 def label_key(raw: Any) -> str:
@@ -50,9 +56,10 @@ class _Rows:
         score_range: tuple[float, float] | None = None,
         by_index: bool = False,
         unit: str = "line",
+        target: str = "label",
     ) -> None:
         self.source, self.strict, self.labels = source, strict, labels
-        self.score_range, self.by_index, self.unit = score_range, by_index, unit
+        self.score_range, self.by_index, self.unit, self.target = score_range, by_index, unit, target
         self.examples: list[Example] = []
         self.skipped: list[tuple[int, str]] = []
 
@@ -64,14 +71,35 @@ class _Rows:
             )
         self.skipped.append((line, why))
 
-    def add(self, line: int, text_a: Any, text_b: Any, label: Any, has_b: bool) -> None:
+    def add(self, line: int, text_a: Any, text_b: Any, label: Any, has_b: bool, choices: Any = ()) -> None:
         texts = (text_a, text_b) if has_b else (text_a,)
-        if not all(isinstance(t, str) and t.strip() for t in texts):
+        if not all(_is_text(t) for t in texts):
             self.malformed(line, "a text field is empty or not a string")
             return
-        self.examples.append(
-            Example(text_a.strip(), text_b.strip() if has_b else None, self._label(line, label))
-        )
+        if self.target == "choice":
+            if not isinstance(choices, (list, tuple)) or len(choices) < 2 or not all(map(_is_text, choices)):
+                self.malformed(line, "the options are not a list of at least two non-empty strings")
+                return
+            choices = tuple(c.strip() for c in choices)
+            label = self._choice(line, label, choices)
+        elif self.target == "text":
+            if not _is_text(label):
+                self.malformed(line, "the target text is empty or not a string")
+                return
+            label = label.strip()
+        else:
+            label = self._label(line, label)
+        self.examples.append(Example(text_a.strip(), text_b.strip() if has_b else None, label, choices))
+
+    def _choice(self, line: int, raw: Any, choices: tuple[str, ...]) -> int:
+        """The index of the right option: an int, or a string of digits (0-based)."""
+        index = int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(choices):
+            raise ValueError(
+                f"{self.source}, {self.unit} {line}: answer {raw!r} is not the index (0..{len(choices) - 1}) "
+                "of one of the row's options"
+            )
+        return index
 
     def _label(self, line: int, raw: Any) -> int | float:
         where = f"{self.source}, {self.unit} {line}"
@@ -113,6 +141,10 @@ class _Rows:
                 stacklevel=2,
             )
         return self.examples, len(self.skipped)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
 
 
 def not_utf8(path: Path) -> ValueError:
@@ -229,11 +261,11 @@ def _convert_all(
 ) -> tuple[list[Example], int]:
     for number, record in records:
         try:
-            text_a, text_b, label = convert(record)
+            text_a, text_b, label, *choices = convert(record)
         except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
             rows.malformed(number, f"cannot read the record ({type(e).__name__}: {e})")
             continue
-        rows.add(number, text_a, text_b, label, has_b)
+        rows.add(number, text_a, text_b, label, has_b, *choices)
     return rows.result()
 
 
@@ -244,6 +276,7 @@ def json_reader(
     *,
     has_b: bool,
     hint: str = LAYOUT,
+    target: str = "label",
 ) -> Reader:
     """JSON lists (.json, numbered by position) or JSON lines (.jsonl, numbered by line); `convert` maps
     a record to (text_a, text_b, label); a record it cannot read (a missing key) is malformed. Absolute
@@ -251,7 +284,8 @@ def json_reader(
 
     def read(data_dir: Path, split: str, strict: bool) -> tuple[list[Example], int]:
         path = _locate(data_dir, files, split, hint)
-        rows = _Rows(str(path), strict, labels, unit="record" if path.suffix == ".json" else "line")
+        unit = "record" if path.suffix == ".json" else "line"
+        rows = _Rows(str(path), strict, labels, unit=unit, target=target)
         return _convert_all(rows, _records(path, rows), convert, has_b)
 
     return described(read, f"{_folder(files)} (JSON)")
@@ -265,6 +299,7 @@ def hub_reader(
     labels: tuple[str, ...],
     *,
     has_b: bool,
+    target: str = "label",
 ) -> Reader:
     """A Hugging Face hub dataset (`splits`: our split -> the hub's). Integer labels are indices into
     `labels` (the hub's ClassLabel order), strings are label names. Needs the optional `datasets`."""
@@ -278,7 +313,8 @@ def hub_reader(
                 f"pip install datasets (or pass a local folder: {LAYOUT})"
             ) from None
         hub_split = splits[split]
-        rows = _Rows(f"{path}[{config}]:{hub_split}", strict, labels, by_index=True, unit="row")
+        where = f"{path}[{config}]:{hub_split}"
+        rows = _Rows(where, strict, labels, by_index=True, unit="row", target=target)
         try:
             dataset = datasets.load_dataset(path, config, split=hub_split)
         except Exception as e:  # offline, unknown id, no such config or split

@@ -9,13 +9,16 @@ orders follow the hub's ClassLabel order, so hub label indices need no mapping.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..hints import did_you_mean
 from .base import Task
+from .kinds import CLASSIFICATION, REGRESSION, MultipleChoice, TaskKind
 from .readers import Convert, columns, hub_reader, json_reader, tsv_reader
-from .synthetic import synthetic_tasks
+from .synthetic import subject_task, synthetic_tasks
+
+MULTIPLE_CHOICE = MultipleChoice()
 
 _TASKS: dict[str, Task] = {}
 
@@ -79,7 +82,8 @@ def _glue(
     hub_read = hub_reader(
         "nyu-mll/glue", name, _hub_splits(hub_dev), columns(*hub), labels, has_b=hub[1] is not None
     )
-    register_task(Task(name, labels, label_words, metrics, template, reader, hub_read, regression=not labels))
+    kind = REGRESSION if score_range else CLASSIFICATION
+    register_task(Task(name, labels, label_words, metrics, template, reader, hub_read, kind))
 
 
 _glue(
@@ -230,9 +234,11 @@ register_task(
 )
 
 
-# Commonsense suite. Locally the instruction (which lists the options) is text_a, and the answer token
-# (answer1, solution2, ...) the label. From the hub the same instruction is rebuilt from the original
-# columns in the LLM-Adapters wording.
+# Commonsense suite, as multiple-choice tasks (each row its own options, scored in cloze form as
+# lm-evaluation-harness does) and, as `<task>_labels`, in the LLM-Adapters label-word format that
+# MoE-PEFT and the papers' tables use: the instruction lists the options and the model answers a word
+# (answer1, solution2, ...). The local files hold only the LLM-Adapters instruction, from which the
+# multiple-choice tasks read the question and the options back; the hub holds the original columns.
 
 
 def _options(
@@ -244,18 +250,48 @@ def _options(
     return f"Please choose the correct {intro}: {question}\n\n{listed}{end}Answer format: {names}"
 
 
-_QUESTION = "answer to the question"
+def _parse_options(instruction: str, intro: str, word: str) -> tuple[str, list[str]]:
+    """(question, options) of an instruction `_options` wrote: the inverse of `_options`."""
+    head = f"Please choose the correct {intro}: "
+    if not instruction.startswith(head) or "Answer format: " not in instruction:
+        raise ValueError(f"not an LLM-Adapters instruction for {word}s")
+    body, _, names = instruction[len(head) :].rpartition("Answer format: ")
+    count = len(names.split("/"))
+    marks = [f"{word.capitalize()}{i}: " for i in range(1, count + 1)]
+    starts = [body.index("\n\n" + marks[0])]
+    for mark in marks[1:]:
+        starts.append(body.index(mark, starts[-1] + len(marks[0])))
+    ends = [*starts[1:], len(body)]
+    options = [
+        body[s:e].strip().removeprefix(mark).strip() for s, e, mark in zip(starts, ends, marks, strict=True)
+    ]
+    return body[: starts[0]].strip(), options
 
 
-def _keyed_choices(question: str) -> Convert:
-    """ARC / OpenBookQA rows: `question` field, choices {"text": [...], "label": [...]} and an answerKey."""
+def _answer_index(answer: str, word: str) -> int:
+    """0-based index of an LLM-Adapters answer word: "answer3" -> 2."""
+    return int(answer.removeprefix(word)) - 1
 
-    def convert(r: Any) -> tuple[str, None, str]:
-        choices = r["choices"]
-        answer = f"answer{choices['label'].index(r['answerKey']) + 1}"
-        return _options(_QUESTION, r[question], "answer", choices["text"]), None, answer
+
+def _local_choices(intro: str, word: str) -> Convert:
+    def convert(r: Any) -> tuple[str, None, int, list[str]]:
+        question, options = _parse_options(r["instruction"], intro, word)
+        return question, None, _answer_index(r["answer"], word), options
 
     return convert
+
+
+_QUESTION = "answer to the question"
+_BOOLQ = "Please answer the following question with true or false, question: {}?\n\nAnswer format: true/false"
+_BLANK = "answer to fill in the blank to complete the given sentence"
+_ENDING = "ending to complete the given sentence"
+_ANSWERS = tuple(f"answer{i}" for i in range(1, 6))
+
+
+def _keyed(r: Any, question: str) -> tuple[str, list[str], int]:
+    """ARC / OpenBookQA rows: (question, option texts, index of the answerKey)."""
+    choices = r["choices"]
+    return r[question], choices["text"], choices["label"].index(r["answerKey"])
 
 
 def _hellaswag_text(text: str) -> str:
@@ -263,85 +299,139 @@ def _hellaswag_text(text: str) -> str:
     return re.sub(r"\[.*?\]", "", text.strip().replace(" [title]", ". ")).replace("  ", " ")
 
 
-def _hellaswag(r: Any) -> tuple[str, None, str]:
+def _hellaswag(r: Any) -> tuple[str, list[str], int]:
     context = _hellaswag_text(f"{r['activity_label']}: {r['ctx_a']} {r['ctx_b'].capitalize()}")
-    endings = [_hellaswag_text(e) for e in r["endings"]]
-    intro = "ending to complete the given sentence"
-    return _options(intro, context, "ending", endings), None, f"ending{int(r['label']) + 1}"
+    return context, [_hellaswag_text(e) for e in r["endings"]], int(r["label"])
 
 
-_BOOLQ = "Please answer the following question with true or false, question: {}?\n\nAnswer format: true/false"
-_BLANK = "answer to fill in the blank to complete the given sentence"
-_ANSWERS = tuple(f"answer{i}" for i in range(1, 6))
+def _boolq_local(r: Any) -> tuple[str, None, int, list[str]]:
+    question = r["instruction"].removeprefix(_BOOLQ.split("{}")[0]).rpartition("?")[0]
+    return question, None, ("false", "true").index(r["answer"]), ["no", "yes"]
+
+
+def _as_mc(read: Callable[[Any], tuple[str, list[str], int]]) -> Convert:
+    def convert(r: Any) -> tuple[str, None, int, list[str]]:
+        question, options, index = read(r)
+        return question, None, index, options
+
+    return convert
 
 
 def _commonsense(
-    name: str, folder: str, labels: tuple[str, ...], path: str, config: str | None, convert: Convert
+    name: str,
+    folder: str,
+    hub: tuple[str, str | None],
+    template: str,
+    local: Convert,
+    original: Callable[[Any], tuple[str, list[str], int]],
+    labels: tuple[str, ...],
+    instruction: Callable[[str, list[str]], str],
+    answer: Callable[[int], str],
+    kind: TaskKind = MULTIPLE_CHOICE,
 ) -> None:
-    """An LLM-Adapters commonsense task; `path`, `config` and `convert` read the original on the hub."""
-    reader = json_reader(
-        _files(f"commonsense/{folder}", ".json"), columns("instruction", None, "answer"), labels, has_b=False
-    )
-    hub = hub_reader(path, config, _hub_splits(), convert, labels, has_b=False)
-    register_task(Task(name, labels, labels, ("accuracy",), "{text_a}\nAnswer:", reader, hub))
+    """A commonsense task `name` (multiple choice) and its label-word twin `name`_labels, from the
+    LLM-Adapters files under commonsense/`folder` or the original dataset `hub` (path, config), whose
+    rows `original` reads as (question, options, answer index). The twin's `instruction` lists the
+    options; it answers `answer(index)`, one of `labels`."""
+    files = _files(f"commonsense/{folder}", ".json")
+
+    def words(r: Any) -> tuple[str, None, str]:
+        question, options, index = original(r)
+        return instruction(question, options), None, answer(index)
+
+    mc_local = json_reader(files, local, (), has_b=False, target="choice")
+    mc_hub = hub_reader(*hub, _hub_splits(), _as_mc(original), (), has_b=False, target="choice")
+    register_task(Task(name, (), (), ("acc", "acc_norm"), template, mc_local, mc_hub, kind))
+    twin = json_reader(files, columns("instruction", None, "answer"), labels, has_b=False)
+    twin_hub = hub_reader(*hub, _hub_splits(), words, labels, has_b=False)
+    register_task(Task(f"{name}_labels", labels, labels, ("accuracy",), "{text_a}\nAnswer:", twin, twin_hub))
+
+
+def _listed(intro: str, word: str, sep: str = " ", end: str = "\n\n"):
+    """The twin's instruction and answer word for options named `word`1, `word`2, ..."""
+    return {
+        "instruction": lambda q, options: _options(intro, q, word, options, sep=sep, end=end),
+        "answer": lambda i: f"{word}{i + 1}",
+    }
 
 
 _commonsense(
     "boolq",
     "boolq",
+    ("google/boolq", None),
+    "Question: {text_a}?\nAnswer:",
+    _boolq_local,
+    lambda r: (r["question"], ["no", "yes"], int(r["answer"])),
     ("true", "false"),
-    "google/boolq",
-    None,
-    lambda r: (_BOOLQ.format(r["question"]), None, r["answer"]),
+    instruction=lambda q, _: _BOOLQ.format(q),
+    answer=lambda i: ("false", "true")[i],
 )
 _commonsense(
     "piqa",
     "piqa",
+    ("ybisk/piqa", None),
+    "Question: {text_a}\nAnswer:",
+    _local_choices("solution to the question", "solution"),
+    lambda r: (r["goal"], [r["sol1"], r["sol2"]], r["label"]),
     ("solution1", "solution2"),
-    "ybisk/piqa",
-    None,
-    lambda r: (
-        _options("solution to the question", r["goal"], "solution", [r["sol1"], r["sol2"]], sep="\n\n"),
-        None,
-        f"solution{r['label'] + 1}",
-    ),
+    **_listed("solution to the question", "solution", sep="\n\n"),
 )
 _commonsense(
     "social_i_qa",
     "social_i_qa",
+    ("allenai/social_i_qa", None),
+    "Q: {text_a}\nA:",
+    _local_choices(_QUESTION, "answer"),
+    lambda r: (
+        f"{r['context']} {r['question']}",
+        [r["answerA"], r["answerB"], r["answerC"]],
+        int(r["label"]) - 1,
+    ),
     _ANSWERS[:3],
-    "allenai/social_i_qa",
-    None,
-    lambda r: (
-        _options(
-            _QUESTION, f"{r['context']} {r['question']}", "answer", [r["answerA"], r["answerB"], r["answerC"]]
-        ),
-        None,
-        f"answer{r['label'].strip()}",
-    ),
+    **_listed(_QUESTION, "answer"),
 )
 _commonsense(
-    "hellaswag", "hellaswag", tuple(f"ending{i}" for i in range(1, 5)), "Rowan/hellaswag", None, _hellaswag
+    "hellaswag",
+    "hellaswag",
+    ("Rowan/hellaswag", None),
+    "{text_a}",
+    _local_choices(_ENDING, "ending"),
+    _hellaswag,
+    tuple(f"ending{i}" for i in range(1, 5)),
+    **_listed(_ENDING, "ending"),
 )
 _commonsense(
     "winogrande",
     "winogrande",
+    ("allenai/winogrande", "winogrande_xl"),
+    "{text_a}",
+    _local_choices(_BLANK, "option"),
+    lambda r: (r["sentence"], [r["option1"], r["option2"]], int(r["answer"]) - 1),
     ("option1", "option2"),
-    "allenai/winogrande",
-    "winogrande_xl",
-    lambda r: (
-        _options(_BLANK, r["sentence"], "option", [r["option1"], r["option2"]], end=" "),
-        None,
-        f"option{r['answer']}",
-    ),
+    **_listed(_BLANK, "option", end=" "),
+    kind=MultipleChoice(fill_blank=True),
 )
 # ARC questions have 3 to 5 options, OpenBookQA always 4.
-_commonsense("arc_easy", "ARC-Easy", _ANSWERS, "allenai/ai2_arc", "ARC-Easy", _keyed_choices("question"))
+for _name, _config in (("arc_easy", "ARC-Easy"), ("arc_challenge", "ARC-Challenge")):
+    _commonsense(
+        _name,
+        _config,
+        ("allenai/ai2_arc", _config),
+        "Question: {text_a}\nAnswer:",
+        _local_choices(_QUESTION, "answer"),
+        lambda r: _keyed(r, "question"),
+        _ANSWERS,
+        **_listed(_QUESTION, "answer"),
+    )
 _commonsense(
-    "arc_challenge", "ARC-Challenge", _ANSWERS, "allenai/ai2_arc", "ARC-Challenge", _keyed_choices("question")
-)
-_commonsense(
-    "openbookqa", "openbookqa", _ANSWERS[:4], "allenai/openbookqa", "main", _keyed_choices("question_stem")
+    "openbookqa",
+    "openbookqa",
+    ("allenai/openbookqa", "main"),
+    "{text_a}",
+    _local_choices(_QUESTION, "answer"),
+    lambda r: _keyed(r, "question_stem"),
+    _ANSWERS[:4],
+    **_listed(_QUESTION, "answer"),
 )
 
 
@@ -350,39 +440,61 @@ def _lettered(stem: str, choices: Sequence[tuple[str, str]]) -> str:
     return stem + "\n" + " ".join(f"{letter}. {text}" for letter, text in choices)
 
 
+def _csqa(stem: str, labels: Sequence[str], texts: Sequence[str], key: str) -> tuple[str, list[str], int]:
+    return stem, list(texts), list(labels).index(key)
+
+
+def _csqa_local(r: Any) -> tuple[str, list[str], int]:
+    choices = r["question"]["choices"]
+    return _csqa(
+        r["question"]["stem"], [c["label"] for c in choices], [c["text"] for c in choices], r["answerKey"]
+    )
+
+
+def _csqa_hub(r: Any) -> tuple[str, list[str], int]:
+    return _csqa(r["question"], r["choices"]["label"], r["choices"]["text"], r["answerKey"])
+
+
+# CommonsenseQA: multiple choice over the option texts (lm-evaluation-harness's commonsense_qa scores
+# the letters A-E instead, which a small model cannot use), and the lettered twin.
 _LETTERS = ("A", "B", "C", "D", "E")
+_CSQA_FILES = _files("commonsenseqa", ".jsonl")
+
+
+def _as_letters(read: Callable[[Any], tuple[str, list[str], int]]) -> Convert:
+    def convert(r: Any) -> tuple[str, None, str]:
+        question, options, index = read(r)
+        return _lettered(question, list(zip(_LETTERS, options, strict=False))), None, _LETTERS[index]
+
+    return convert
+
+
 register_task(
     Task(
         "commonsenseqa",
+        (),
+        (),
+        ("acc", "acc_norm"),
+        "Question: {text_a}\nAnswer:",
+        json_reader(_CSQA_FILES, _as_mc(_csqa_local), (), has_b=False, target="choice"),
+        hub_reader(
+            "tau/commonsense_qa", None, _hub_splits(), _as_mc(_csqa_hub), (), has_b=False, target="choice"
+        ),
+        MULTIPLE_CHOICE,
+    )
+)
+register_task(
+    Task(
+        "commonsenseqa_labels",
         _LETTERS,
         _LETTERS,
         ("accuracy",),
         "Question: {text_a}\nAnswer:",
-        json_reader(
-            _files("commonsenseqa", ".jsonl"),
-            lambda r: (
-                _lettered(r["question"]["stem"], [(c["label"], c["text"]) for c in r["question"]["choices"]]),
-                None,
-                r["answerKey"],
-            ),
-            _LETTERS,
-            has_b=False,
-        ),
-        hub_reader(
-            "tau/commonsense_qa",
-            None,
-            _hub_splits(),
-            lambda r: (
-                _lettered(r["question"], list(zip(r["choices"]["label"], r["choices"]["text"], strict=True))),
-                None,
-                r["answerKey"],
-            ),
-            _LETTERS,
-            has_b=False,
-        ),
+        json_reader(_CSQA_FILES, _as_letters(_csqa_local), _LETTERS, has_b=False),
+        hub_reader("tau/commonsense_qa", None, _hub_splits(), _as_letters(_csqa_hub), _LETTERS, has_b=False),
     )
 )
 
 # The toy tasks of `rankmix quickstart` (generated, no files): sentiment, topic, negation.
-for _task in synthetic_tasks():
+for _task in (*synthetic_tasks(), subject_task()):
     register_task(_task)
