@@ -30,10 +30,10 @@ def test_readers_take_every_row_and_labels_follow_the_text(glue_data, folder, sp
     examples, skipped = task.load(split, glue_data, strict=True)
     assert skipped == 0 and len(examples) == SIZES[split]
     labels = {e.label for e in examples}
-    if task.regression:
+    if task.kind.name == "regression":
         assert all(0.0 <= y <= 5.0 for y in labels) and len(labels) >= 4
     else:
-        assert labels == set(range(task.num_labels))
+        assert task.kind.name == "classification" and labels == set(range(len(task.labels)))
     seen: dict[tuple[str, str | None], int | float] = {}
     for e in examples:  # one text, one label: nothing contradicts itself
         assert seen.setdefault((e.text_a, e.text_b), e.label) == e.label

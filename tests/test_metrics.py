@@ -1,9 +1,12 @@
-"""Metrics against slow, obvious reference implementations written here from the definitions."""
+"""Metrics against slow, obvious reference implementations written here from the definitions (and, for
+the text metrics, against worked examples)."""
 
 from __future__ import annotations
 
 import math
 import random
+import string
+import sys
 
 import pytest
 import torch
@@ -166,4 +169,99 @@ def test_bad_calls_are_clear_errors():
         compute("accuracy", [1, 0, 1], [1, 0])
     with pytest.raises(ValueError, match="no examples"):
         compute("pearson", [], [])
-    assert set(METRICS) == {"accuracy", "f1", "mcc", "pearson", "spearman"}
+    assert set(METRICS) == {"accuracy", "f1", "mcc", "pearson", "spearman", "exact_match", "rouge_l"}
+
+
+# ---------------------------------------------------------------- text metrics (generation tasks)
+
+
+def ref_normalize(text: str) -> str:
+    """SQuAD's answer normalisation, word by word: lower case, punctuation removed, the articles a, an
+    and the dropped, words joined by single spaces."""
+    for mark in string.punctuation:
+        text = text.replace(mark, "")
+    return " ".join(w for w in text.lower().split() if w not in ("a", "an", "the"))
+
+
+def ref_exact_match(pred, ref):
+    return sum(ref_normalize(p) == ref_normalize(r) for p, r in zip(pred, ref, strict=True)) / len(ref)
+
+
+def ref_tokens(text: str) -> list[str]:
+    """rouge-score's default tokenisation: lower case, runs of anything but a-z and 0-9 split words."""
+    cleaned = "".join(c if c in string.ascii_lowercase + string.digits else " " for c in text.lower())
+    return cleaned.split()
+
+
+def ref_lcs(a: list[str], b: list[str]) -> int:
+    """Length of the longest common subsequence, by the textbook dynamic programme."""
+    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i, x in enumerate(a, 1):
+        for j, y in enumerate(b, 1):
+            table[i][j] = table[i - 1][j - 1] + 1 if x == y else max(table[i - 1][j], table[i][j - 1])
+    return table[-1][-1]
+
+
+def ref_rouge_l(pred, ref):
+    """Mean ROUGE-L F1: 2PR / (P + R) with P = LCS / |prediction|, R = LCS / |reference| (0 without LCS)."""
+    total = 0.0
+    for p, r in zip(pred, ref, strict=True):
+        tp, tr = ref_tokens(p), ref_tokens(r)
+        lcs = ref_lcs(tp, tr) if tp and tr else 0
+        total += 2 * lcs / (len(tp) + len(tr)) if lcs else 0.0  # 2PR/(P+R) simplified
+    return total / len(ref)
+
+
+WORDS = ["the", "a", "An", "cat", "Cat,", "sat", "on", "mat.", "dog!", "big", "red", "car's", "42", "--"]
+
+
+def random_texts(seed: int, n: int) -> tuple[list[str], list[str]]:
+    """Pairs of short texts from a small vocabulary (with articles, case and punctuation), some equal."""
+    rng = random.Random(seed)
+    refs = [" ".join(rng.choices(WORDS, k=rng.randint(1, 6))) for _ in range(n)]
+    preds = [r if rng.random() < 0.3 else " ".join(rng.choices(WORDS, k=rng.randint(1, 6))) for r in refs]
+    return preds, refs
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_text_metrics_match_references(seed):
+    pytest.importorskip("rouge_score")
+    preds, refs = random_texts(seed, random.Random(seed).randint(5, 60))
+    assert compute("exact_match", preds, refs) == pytest.approx(ref_exact_match(preds, refs), abs=1e-12)
+    assert compute("rouge_l", preds, refs) == pytest.approx(ref_rouge_l(preds, refs), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "pred,ref,same",
+    [
+        ("The Cat.", "cat", True),
+        ("  a   big dog ", "Big dog!", True),
+        ("An apple", "the apple", True),
+        ("cat's", "cats", True),  # punctuation goes, inside words too
+        ("the cat", "cat sat", False),
+        ("theatre", "atre", False),  # only whole words are articles
+        ("", "the", True),  # nothing left of either
+    ],
+)
+def test_exact_match_by_hand(pred, ref, same):
+    assert compute("exact_match", [pred], [ref]) == float(same)
+
+
+def test_rouge_l_by_hand():
+    pytest.importorskip("rouge_score")
+    # "the cat on mat" is a subsequence of "the cat sat on the mat": LCS 4, P 1, R 4/6, F 0.8.
+    assert compute("rouge_l", ["the cat on mat"], ["the cat sat on the mat"]) == pytest.approx(0.8)
+    # order matters: "mat the cat" against "the cat mat" has LCS 2 ("the cat" or "cat mat"), F 2/3.
+    assert compute("rouge_l", ["mat the cat"], ["the cat mat"]) == pytest.approx(2 / 3)
+    assert compute("rouge_l", ["Red car!"], ["red CAR"]) == pytest.approx(1.0)
+    assert compute("rouge_l", ["blue", "red car"], ["red", "red car"]) == pytest.approx(0.5)
+
+
+def test_text_metrics_take_any_values_as_text():
+    assert compute("exact_match", [1, "2"], ["1", 3]) == pytest.approx(0.5)
+
+
+def test_rouge_l_without_rouge_score_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "rouge_score", None)  # makes the import fail
+    with pytest.raises(ModuleNotFoundError, match=r"rouge_l needs the rouge-score package: pip install"):
+        compute("rouge_l", ["a"], ["a"])

@@ -1,5 +1,6 @@
 """Synthetic demo tasks: deterministic, balanced, disjoint splits, and the data is what it claims
-(negation flips polarity; a bag of words solves sentiment but not negation)."""
+(negation flips polarity; a bag of words solves sentiment but not negation; the generation task
+`subject` answers the noun its sentence is about)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,17 @@ from collections import Counter
 
 import pytest
 
+from rankmix.tasks import get_task
 from rankmix.tasks.base import Example, Task
-from rankmix.tasks.synthetic import NEGATIVE, POSITIVE, TOPICS, _generate, synthetic_tasks
+from rankmix.tasks.synthetic import (
+    NEGATIVE,
+    NOUNS,
+    POSITIVE,
+    TOPICS,
+    _generate,
+    subject_task,
+    synthetic_tasks,
+)
 
 SPLITS = ("train", "dev")
 
@@ -61,12 +71,13 @@ def test_task_interface(tasks):
     for task in tasks.values():
         assert task.label_words == task.labels
         assert task.metrics == ("accuracy",)
-        assert not task.regression
+        assert task.kind.name == "classification" and task.kind.head_size(task) == len(task.labels)
+        assert get_task(task.name).labels == task.labels  # registered for `rankmix quickstart`
         example = load(task, "train")[0]
         prompt = task.prompt(example)
         assert prompt.startswith(("Review: ", "Sentence: ")) and example.text_a in prompt
         assert prompt.endswith(":") and "\n" in prompt
-        assert task.answer(example.label) == task.labels[example.label]
+        assert task.kind.target(task, example).text == task.labels[example.label]
         assert example.text_b is None and isinstance(example.label, int)
 
 
@@ -107,8 +118,8 @@ def test_labels_balanced(tasks):
         for split in SPLITS:
             examples = load(task, split)
             counts = Counter(e.label for e in examples)
-            expected = len(examples) / task.num_labels
-            assert set(counts) == set(range(task.num_labels))
+            expected = len(examples) / len(task.labels)
+            assert set(counts) == set(range(len(task.labels)))
             for label, count in counts.items():
                 assert abs(count - expected) <= 0.15 * expected, (task.name, split, label, count)
 
@@ -161,3 +172,75 @@ def test_bag_of_words_solves_sentiment_but_not_negation(tasks):
 def test_too_many_examples_for_the_vocabulary_raises():
     with pytest.raises(ValueError, match="cannot draw 5 distinct"):
         _generate("tiny", ("{w}",), lambda label: {"w": ("a", "b")}, 2, 5, "seed")
+
+
+# ---------------------------------------------------------------- subject: a generation task
+
+
+@pytest.fixture(scope="module")
+def subject() -> Task:
+    return subject_task()
+
+
+def nouns_in(text: str) -> list[str]:
+    return [t for t in words(text) if t in NOUNS]
+
+
+def test_subject_task_interface(subject):
+    assert subject.name == "subject" and subject.kind.name == "generation" and subject.kind.generates
+    assert subject.labels == subject.label_words == () and subject.metrics == ("exact_match",)
+    assert get_task("subject").kind.name == "generation"  # registered, like the other toy tasks
+    for example in load(subject, "train")[:20]:
+        assert example.text_b is None and isinstance(example.label, str) and example.choices == ()
+        prompt = subject.prompt(example)
+        assert example.text_a in prompt and prompt.startswith("Sentence: ") and prompt.endswith("Answer:")
+        assert subject.kind.target(subject, example).text == example.label
+
+
+def test_subject_label_is_the_noun_of_the_sentence(subject):
+    for split in SPLITS:
+        for e in load(subject, split):
+            assert nouns_in(e.text_a) == [e.label], e  # the one noun of the sentence, and it is the label
+
+
+def test_subject_is_solved_by_copying_the_noun_and_scored_by_exact_match(subject):
+    examples = load(subject, "dev")
+    references = [e.label for e in examples]
+    copied = [f"The {nouns_in(e.text_a)[0].capitalize()}." for e in examples]  # exact match normalises
+    assert subject.score(copied, references) == {"exact_match": 1.0, "score": 1.0}
+    first_word = [words(e.text_a)[0] for e in examples]  # a wrong rule scores (next to) nothing
+    assert subject.score(first_word, references)["exact_match"] < 0.1
+
+
+def test_subject_deterministic_sizes_and_seeds():
+    a, b = subject_task(n_train=50, n_dev=30, seed=7), subject_task(n_train=50, n_dev=30, seed=7)
+    for split in SPLITS:
+        assert load(a, split) == load(b, split)
+    assert (len(load(a, "train")), len(load(a, "dev"))) == (50, 30)
+    first, other = subject_task(seed=0), subject_task(seed=1)
+    for split in SPLITS:
+        texts = {e.text_a for e in load(first, split)}
+        assert len(texts & {e.text_a for e in load(other, split)}) < 0.5 * len(texts), split
+
+
+def test_subject_train_and_dev_share_no_sentence(subject):
+    train = [e.text_a for e in load(subject, "train")]
+    dev = [e.text_a for e in load(subject, "dev")]
+    assert len(set(train)) == len(train) and len(set(dev)) == len(dev)
+    assert not set(train) & set(dev)
+
+
+def test_subject_covers_every_noun(subject):
+    for split in SPLITS:
+        assert {e.label for e in load(subject, split)} == set(NOUNS), split
+
+
+def test_subject_answers_balanced(subject):
+    """As the classification tasks' labels: every noun about equally often in each split."""
+    for split in SPLITS:
+        examples = load(subject, split)
+        counts = Counter(e.label for e in examples)
+        expected = len(examples) / len(NOUNS)
+        assert set(counts) == set(NOUNS)
+        for noun, count in counts.items():
+            assert abs(count - expected) <= max(1, 0.15 * expected), (split, noun, count)

@@ -1,11 +1,13 @@
 """Task registry: the built-in tasks on the real published data (read-only, skipped when absent), their
-quirks (QQP's malformed row, MRPC's BOM and quotes, STS-B scores), errors, hub readers and user tasks.
+quirks (QQP's malformed row, MRPC's BOM and quotes, STS-B scores), errors, hub readers and user tasks
+(every kind: classification, regression, multiple choice, generation).
 
 Expected numbers come from COUNTS.tsv or from an independent, simple parse of the raw files here."""
 
 from __future__ import annotations
 
 import json
+import random
 import re
 import sys
 import types
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from rankmix.tasks import Example, get_task, load_custom_task, register_task, task_names
+from rankmix.tasks.kinds import Choice
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark data not found at {DATA}")
@@ -42,10 +45,34 @@ PUBLISHED = {
     ("commonsense", "hellaswag"): ("hellaswag", "commonsense/hellaswag", ".json"),
     ("commonsenseqa", "CSQA"): ("commonsenseqa", "commonsenseqa", ".jsonl"),
 }
+# The commonsense suite: multiple-choice tasks that read their options out of the LLM-Adapters
+# instruction, each with a label-word twin `<name>_labels` over the same files (the published format).
+MULTIPLE_CHOICE = {
+    "boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa",
+    "commonsenseqa",
+}  # fmt: skip
+TWINS = {f"{name}_labels": name for name in MULTIPLE_CHOICE}
+# The twins' label sets as the LLM-Adapters answer words spell them (the order their indices use).
+TWIN_LABELS = {
+    "boolq_labels": ("true", "false"),
+    "piqa_labels": ("solution1", "solution2"),
+    "social_i_qa_labels": ("answer1", "answer2", "answer3"),
+    "hellaswag_labels": ("ending1", "ending2", "ending3", "ending4"),
+    "winogrande_labels": ("option1", "option2"),
+    "arc_easy_labels": ("answer1", "answer2", "answer3", "answer4", "answer5"),
+    "arc_challenge_labels": ("answer1", "answer2", "answer3", "answer4", "answer5"),
+    "openbookqa_labels": ("answer1", "answer2", "answer3", "answer4"),
+    "commonsenseqa_labels": ("A", "B", "C", "D", "E"),
+}
 FILES = {name: (folder, ext) for name, folder, ext in PUBLISHED.values()}
+FILES |= {twin: FILES[name] for twin, name in TWINS.items()}
 # Column of the label in the GLUE TSVs (README: CoLA and QQP have no header line).
 TSV_LABEL_COLUMN = {"cola": 1, "sst2": -1, "mrpc": 0, "rte": -1, "wnli": -1, "qnli": -1, "qqp": -1}
 HEADERLESS = {"cola", "qqp"}
+
+
+def kind_of(name: str) -> str:
+    return get_task(name).kind.name
 
 
 def counts_rows() -> list[list[str]]:
@@ -58,6 +85,8 @@ def counts_rows() -> list[list[str]]:
 
 
 COUNTS = {(PUBLISHED[b, t][0], split): int(n) for b, t, split, n, _ in counts_rows() if (b, t) in PUBLISHED}
+COUNTS |= {(twin, split): COUNTS[name, split] for twin, name in TWINS.items() for split in ("train", "dev")
+           if (name, split) in COUNTS}  # fmt: skip
 
 
 def path_of(name: str, split: str) -> Path:
@@ -93,8 +122,27 @@ def raw_labels(name: str, split: str) -> list[str]:
         lines = tsv_lines(name, split)
         tabs = Counter(line.count("\t") for line in lines).most_common(1)[0][0]
         return [line.split("\t")[TSV_LABEL_COLUMN[name]] for line in lines if line.count("\t") == tabs]
-    key = {"superglue_boolq": "label", "cb": "label", "commonsenseqa": "answerKey"}.get(name, "answer")
+    key = {"superglue_boolq": "label", "cb": "label", "commonsenseqa_labels": "answerKey"}.get(name, "answer")
     return [str(r[key]) for r in raw_records(name, split)]
+
+
+def raw_answers(name: str, split: str) -> list[tuple[int, int]]:
+    """(index of the right option, number of options) of each row of a multiple-choice task, read from
+    the raw file: the number of the LLM-Adapters answer word minus 1 and the number of words its
+    "Answer format: a1/a2/..." line lists; BoolQ's false/true as no/yes; CommonsenseQA's answerKey
+    among the row's choice labels."""
+    out = []
+    for r in raw_records(name, split):
+        if name == "commonsenseqa":
+            letters = [c["label"] for c in r["question"]["choices"]]
+            out.append((letters.index(r["answerKey"]), len(letters)))
+        elif name == "boolq":
+            out.append(({"false": 0, "true": 1}[r["answer"]], 2))
+        else:
+            number = int(re.fullmatch(r"[a-z]+(\d+)", r["answer"]).group(1))
+            listed = r["instruction"].rsplit("Answer format: ", 1)[1].strip().split("/")
+            out.append((number - 1, len(listed)))
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -120,8 +168,7 @@ def loaded():
 
 BUILTIN = {
     "cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli", "superglue_boolq", "cb", "scitail",
-    "boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa",
-    "commonsenseqa",
+    *MULTIPLE_CHOICE, *TWINS,
 }  # fmt: skip
 
 
@@ -129,23 +176,27 @@ def test_builtin_tasks_are_registered_with_consistent_definitions():
     assert set(task_names()) >= BUILTIN
     for name in BUILTIN:
         task = get_task(name)
-        assert task.name == name
-        assert len(task.label_words) == len(task.labels) == (0 if task.regression else task.num_labels)
+        assert task.name == name and task.hub is not None and "{text_a}" in task.template
         assert len(set(task.labels)) == len(task.labels)
-        assert task.template.endswith("Answer:") and "{text_a}" in task.template
-        assert task.hub is not None
-    # Metrics and regression as the task definitions (GLUE conventions) prescribe.
+        if task.kind.name == "classification":
+            assert len(task.label_words) == len(task.labels) == task.kind.head_size(task) >= 2
+            assert task.template.endswith("Answer:")
+        else:  # a score, or one logit per option: no label set
+            assert task.labels == task.label_words == () and task.kind.head_size(task) == 1
+    # Metrics and kinds as the task definitions (GLUE conventions, lm-evaluation-harness) prescribe.
     assert get_task("cola").metrics == ("mcc",)
     assert get_task("mrpc").metrics == get_task("qqp").metrics == ("f1", "accuracy")
     stsb = get_task("stsb")
-    assert (
-        stsb.regression
-        and stsb.metrics == ("pearson", "spearman")
-        and stsb.labels == ()
-        and stsb.num_labels == 1
-    )
-    others = BUILTIN - {"cola", "mrpc", "qqp", "stsb"}
-    assert all(get_task(n).metrics == ("accuracy",) and not get_task(n).regression for n in others)
+    assert stsb.kind.name == "regression" and stsb.metrics == ("pearson", "spearman")
+    for name in MULTIPLE_CHOICE:
+        task = get_task(name)
+        assert task.kind.name == "multiple_choice" and task.kind.needs_choices, name
+        assert task.metrics == ("acc", "acc_norm"), name
+        assert task.kind.fill_blank == (name == "winogrande"), name
+    for twin, labels in TWIN_LABELS.items():
+        assert get_task(twin).labels == get_task(twin).label_words == labels, twin
+    others = BUILTIN - {"cola", "mrpc", "qqp", "stsb"} - MULTIPLE_CHOICE
+    assert all(get_task(n).metrics == ("accuracy",) and kind_of(n) == "classification" for n in others)
 
 
 @needs_data
@@ -190,17 +241,33 @@ def test_split_loads_with_published_counts(loaded, name, split):
     for ex in examples:
         assert ex.text_a.strip() and ex.text_a == ex.text_a.strip()
         assert (ex.text_b is not None and ex.text_b.strip()) if pair else ex.text_b is None
-        if task.regression:
-            assert isinstance(ex.label, float) and 0.0 <= ex.label <= 5.0
+        if task.kind.name == "regression":
+            assert isinstance(ex.label, float) and 0.0 <= ex.label <= 5.0 and ex.choices == ()
+        elif task.kind.name == "multiple_choice":
+            assert len(ex.choices) >= 2 and all(c and c == c.strip() for c in ex.choices)
+            assert isinstance(ex.label, int) and 0 <= ex.label < len(ex.choices)
         else:
-            assert isinstance(ex.label, int) and 0 <= ex.label < task.num_labels
+            assert isinstance(ex.label, int) and 0 <= ex.label < len(task.labels) and ex.choices == ()
 
 
-@pytest.mark.parametrize("name,split", sorted(k for k in COUNTS if k[0] != "stsb"), ids=str)
+LABELLED = sorted(k for k in COUNTS if k[0] != "stsb" and k[0] not in MULTIPLE_CHOICE)
+
+
+@pytest.mark.parametrize("name,split", LABELLED, ids=str)
 def test_labels_follow_the_raw_file_in_order(loaded, name, split):
     examples, _, _ = loaded(name, split)
     labels = get_task(name).labels
     assert [labels[ex.label] for ex in examples] == raw_labels(name, split)
+
+
+@pytest.mark.parametrize("name,split", sorted(k for k in COUNTS if k[0] in MULTIPLE_CHOICE), ids=str)
+def test_multiple_choice_answers_follow_the_raw_file_in_order(loaded, name, split):
+    """Same rows as the twin, in file order: label = the answer word's number - 1, and as many options
+    as the instruction lists."""
+    examples, _, _ = loaded(name, split)
+    twin, _, _ = loaded(f"{name}_labels", split)
+    assert len(examples) == len(twin)
+    assert [(ex.label, len(ex.choices)) for ex in examples] == raw_answers(name, split)
 
 
 @pytest.mark.parametrize("name", sorted({n for n, _ in COUNTS}))
@@ -209,14 +276,25 @@ def test_prompts_and_answers_are_strings_with_the_label_words(loaded, name):
     examples, _, _ = loaded(name, "dev")
     for ex in examples[:50]:
         prompt = task.prompt(ex)
-        assert ex.text_a in prompt and prompt.endswith("Answer:")
+        assert ex.text_a in prompt
+        # the template's fixed text around the texts ("Question: ...\nAnswer:", "Q: ...\nA:", none)
+        assert prompt.startswith(task.template.split("{", 1)[0])
+        assert prompt.endswith(task.template.rsplit("}", 1)[1])
         if ex.text_b is not None:
             assert ex.text_b in prompt
-        answer = task.answer(ex.label)
-        if task.regression:
-            assert float(answer) == round(ex.label)  # the rounded score: a candidate evaluation scores
+        target = task.kind.target(task, ex)
+        if getattr(task.kind, "fill_blank", False):  # the right option fills the blank, the rest is scored
+            filled = prompt.replace("_", ex.choices[ex.label], 1)
+            assert re.sub(r"\s", "", target.context + target.text) == re.sub(r"\s", "", filled)
+            assert target.context.startswith(prompt.split("_")[0])
+            continue
+        assert target.context == prompt
+        if task.kind.name == "regression":
+            assert float(target.text) == round(ex.label)  # the rounded score: a candidate evaluation scores
+        elif task.kind.name == "multiple_choice":
+            assert target.text == ex.choices[ex.label]  # the right option continues the prompt
         else:
-            assert answer == task.label_words[ex.label]
+            assert target.text == task.label_words[ex.label]
 
 
 # ---------------------------------------------------------------- quirks of the published files
@@ -370,7 +448,7 @@ def test_mnli_reads_the_glue_layout_with_dev_matched(tmp_path):
         "Someone rests.",
         "contradiction",
     )
-    assert task.labels[dev.label] == "neutral" and task.answer(dev.label) == "maybe"
+    assert task.labels[dev.label] == "neutral" and task.kind.target(task, dev).text == "maybe"
 
 
 def test_scitail_reads_the_headerless_tsv_format(tmp_path):
@@ -476,12 +554,18 @@ def hub_row_from_local(name: str, record: dict) -> dict:
     }
 
 
+HUB_CHECKED = ["boolq", "piqa", "winogrande", "arc_easy", "openbookqa", "commonsenseqa"]
+
+
 @needs_data
-@pytest.mark.parametrize("name", ["boolq", "piqa", "winogrande", "arc_easy", "openbookqa", "commonsenseqa"])
+@pytest.mark.parametrize("name", [*HUB_CHECKED, *(f"{n}_labels" for n in HUB_CHECKED)])
 def test_hub_rows_format_like_the_local_files(monkeypatch, loaded, name):
+    """The multiple-choice task and its label-word twin read the original columns into the examples the
+    local files give."""
+    base = TWINS.get(name, name)
     records = raw_records(name, "dev")[:25]
     local, _, _ = loaded(name, "dev")
-    fake_datasets(monkeypatch, [hub_row_from_local(name, r) for r in records])
+    fake_datasets(monkeypatch, [hub_row_from_local(base, r) for r in records])
     hub, skipped = get_task(name).load("dev")
     assert skipped == 0 and hub == local[: len(records)]
 
@@ -528,6 +612,12 @@ def test_hub_reader_reads_a_dataset_in_the_hub_layout(tmp_path, monkeypatch):
         ("A cat sat.", "An animal sat.", 0),
     ]
     (ex,), _ = get_task("commonsenseqa").load("train")
+    assert (ex.text_a, ex.label, ex.choices) == (
+        "Where do fish live?",
+        0,
+        ("sea", "sky", "desk", "car", "moon"),
+    )
+    (ex,), _ = get_task("commonsenseqa_labels").load("train")
     assert ex.label == 0 and "Where do fish live?" in ex.text_a and "E" in ex.text_a and "moon" in ex.text_a
 
 
@@ -565,10 +655,9 @@ def test_custom_task_loads_prompts_and_scores(tmp_path):
     assert skipped == 0 and len(train) == len(ROWS)
     assert [task.labels[e.label] for e in train] == [r["label"] for r in ROWS]
     assert task.load("dev", DATA)[0] == train[:2]  # its own files, whatever data_dir a recipe passes
-    assert (
-        task.prompt(train[0]) == "Review: Great film.\nSentiment:"
-        and task.answer(train[0].label) == "positive"
-    )
+    assert task.kind.name == "classification" and task.kind.head_size(task) == 2
+    assert task.prompt(train[0]) == "Review: Great film.\nSentiment:"
+    assert task.kind.target(task, train[0]).text == "positive"
     references = [e.label for e in train]
     assert task.score(references, references) == {"accuracy": 1.0, "f1": 1.0, "score": 1.0}
     # Predict all positive: accuracy 2/3; F1 of class 1 = 2*2 / (2*2 + 1 + 0) = 0.8.
@@ -580,10 +669,12 @@ def test_custom_regression_pair_task(tmp_path):
     yaml_text = "name: {name}\ndata: {train: train.jsonl}\ntext_fields: [a, b]\nlabel_field: y\n"
     rows = [{"a": "x", "b": "y", "y": 1.5}, {"a": "p", "b": "q", "y": "4"}, {"a": "m", "b": "n", "y": 0}]
     task = load_custom_task(custom_files(tmp_path, yaml_text, rows))
-    assert task.regression and task.metrics == ("pearson", "spearman") and task.num_labels == 1
+    assert task.kind.name == "regression" and task.metrics == ("pearson", "spearman")
+    assert task.labels == () and task.kind.head_size(task) == 1
     examples, _ = task.load("train")
     assert [e.label for e in examples] == [1.5, 4.0, 0.0] and examples[0].text_b == "y"
-    assert task.prompt(examples[0]) == "x\ny\nAnswer:" and task.answer(1.6) == "2"
+    assert task.prompt(examples[0]) == "x\ny\nAnswer:"
+    assert task.kind.target(task, Example("x", "y", 1.6)).text == "2"
     with pytest.raises(ValueError, match="no 'dev' split"):
         task.load("dev")
 
@@ -592,8 +683,8 @@ def test_custom_regression_pair_task(tmp_path):
     "change,error",
     [
         (("labels:", "lables:"), r"unknown key 'lables'; did you mean 'labels'\?"),
-        (("label_field: label\n", ""), r"missing required key\(s\) label_field"),
-        (("[accuracy, f1]", "[accuracy, auc]"), r"unknown metric 'auc'; known metrics: accuracy, f1, mcc"),
+        (("label_field: label\n", ""), r"a classification task needs label_field"),
+        (("[accuracy, f1]", "[accuracy, auc]"), r"unknown metric 'auc'.*Known: acc, acc_norm, accuracy"),
         (("[accuracy, f1]", "[pearson]"), "metric 'pearson' does not apply to a classification task"),
         (("[negative, positive]", "[negative]"), "1 label_words for 2 labels"),
         (("Review: {text_a}", "Review: {txt}"), r"template uses \['txt'\]"),
@@ -691,3 +782,224 @@ def test_custom_task_name_taken_is_an_error(tmp_path):
         )
     with pytest.raises(ValueError, match="already registered"):
         load_custom_task(custom_files(tmp_path, SENTIMENT.replace("{name}", "rte"), ROWS))
+
+
+# ---------------------------------------------------------------- user tasks of every kind
+
+
+MC_YAML = """\
+name: {name}
+kind: multiple_choice
+data: {train: train.jsonl, dev: dev.jsonl}
+text_fields: [question]
+choices_field: options
+answer_field: answer
+template: "Question: {text_a}\\nAnswer:"
+"""
+MC_ROWS = [  # 2, 3 and 4 options; the answer an index (a digit string too)
+    {"question": "Where do fish live?", "options": ["sea", "sky"], "answer": 0},
+    {"question": " What is red? ", "options": [" a car ", "a cloud", "the sun at dusk"], "answer": 2},
+    {"question": "Which is a fruit?", "options": ["stone", "apple", "chair", "cloud"], "answer": "1"},
+]
+GEN_YAML = """\
+name: {name}
+kind: generation
+data: {train: train.jsonl}
+text_fields: [question, context]
+answer_field: target
+metrics: [exact_match, rouge_l]
+"""
+GEN_ROWS = [
+    {"question": "What sat?", "context": "A cat sat on the mat.", "target": " the cat sat on the mat "},
+    {"question": "Who barked?", "context": "A dog barked.", "target": "A dog."},
+    {"question": "What colour?", "context": "The sky was blue.", "target": "blue"},
+]
+
+
+def ref_acc(picks: list[int], labels: list[int]) -> float:
+    return sum(p == y for p, y in zip(picks, labels, strict=True)) / len(labels)
+
+
+def test_custom_multiple_choice_task_reads_options_and_scores_acc_and_acc_norm(tmp_path):
+    task = load_custom_task(custom_files(tmp_path, MC_YAML, MC_ROWS, MC_ROWS[:1]))
+    assert task.kind.name == "multiple_choice" and not task.kind.fill_blank
+    assert task.metrics == ("acc", "acc_norm")  # the default
+    assert task.labels == task.label_words == () and task.kind.head_size(task) == 1
+    assert (task.text_fields, task.choices_field) == (("question",), "options")
+    train, skipped = task.load("train")
+    assert skipped == 0
+    assert [(e.text_a, e.text_b, e.label, e.choices) for e in train] == [
+        ("Where do fish live?", None, 0, ("sea", "sky")),
+        ("What is red?", None, 2, ("a car", "a cloud", "the sun at dusk")),
+        ("Which is a fruit?", None, 1, ("stone", "apple", "chair", "cloud")),
+    ]
+    assert task.load("dev")[0] == train[:1]
+    assert [o.text for o in task.kind.options(task, train[2])] == ["stone", "apple", "chair", "cloud"]
+    assert task.kind.target(task, train[1]).text == "the sun at dusk"
+    assert task.prompt(train[1]) == "Question: What is red?\nAnswer:"
+
+    labels = [e.label for e in train]
+    # acc reads .pick, acc_norm .pick_norm: 1/3 and 2/3 here; the task's score is acc_norm
+    scores = task.score([Choice(0, 1), Choice(1, 2), Choice(0, 1)], labels)
+    assert scores == pytest.approx({"acc": 1 / 3, "acc_norm": 2 / 3, "score": 2 / 3})
+    rng = random.Random(0)
+    many = [rng.randrange(4) for _ in range(200)]
+    preds = [Choice(rng.randrange(4), rng.randrange(4)) for _ in many]
+    scores = task.score(preds, many)
+    assert scores["acc"] == pytest.approx(ref_acc([p.pick for p in preds], many))
+    assert scores["acc_norm"] == pytest.approx(ref_acc([p.pick_norm for p in preds], many))
+    assert scores["score"] == scores["acc_norm"] != scores["acc"]
+
+
+def test_custom_multiple_choice_task_with_acc_only_scores_acc(tmp_path):
+    yaml_text = MC_YAML + "metrics: [acc]\n"
+    task = load_custom_task(custom_files(tmp_path, yaml_text.replace("{name}", "{name}_acc"), MC_ROWS))
+    assert task.metrics == ("acc",)
+    assert task.score([Choice(0, 1), Choice(2, 0), Choice(0, 1)], [0, 2, 1]) == pytest.approx(
+        {"acc": 2 / 3, "score": 2 / 3}
+    )
+
+
+def test_custom_generation_task_reads_target_texts_and_scores_exact_match_and_rouge_l(tmp_path):
+    pytest.importorskip("rouge_score")
+    task = load_custom_task(custom_files(tmp_path, GEN_YAML, GEN_ROWS))
+    assert task.kind.name == "generation" and task.kind.generates
+    assert task.metrics == ("exact_match", "rouge_l") and task.labels == ()
+    train, skipped = task.load("train")
+    assert skipped == 0
+    assert [(e.text_a, e.text_b, e.label, e.choices) for e in train] == [
+        ("What sat?", "A cat sat on the mat.", "the cat sat on the mat", ()),
+        ("Who barked?", "A dog barked.", "A dog.", ()),
+        ("What colour?", "The sky was blue.", "blue", ()),
+    ]
+    assert task.prompt(train[0]) == "What sat?\nA cat sat on the mat.\nAnswer:"
+    assert task.kind.target(task, train[1]).text == "A dog."
+    references = [e.label for e in train]
+    assert task.score(references, references) == pytest.approx({"exact_match": 1, "rouge_l": 1, "score": 1})
+    # exact match after lower-casing and dropping punctuation and articles: only "dog" == "A dog.".
+    # ROUGE-L F1 over lower-cased word tokens, by longest common subsequence:
+    #   "the cat on mat" vs "the cat sat on the mat": LCS 4, P 4/4, R 4/6 -> 0.8
+    #   "dog" vs "a dog": LCS 1, P 1, R 1/2 -> 2/3;  "red" vs "blue": 0
+    scores = task.score(["the cat on mat", "dog", "red"], references)
+    rouge = (0.8 + 2 / 3 + 0) / 3
+    assert scores == pytest.approx({"exact_match": 1 / 3, "rouge_l": rouge, "score": (1 / 3 + rouge) / 2})
+
+
+def test_custom_generation_task_defaults_to_exact_match(tmp_path):
+    yaml_text = GEN_YAML.replace("metrics: [exact_match, rouge_l]\n", "")
+    task = load_custom_task(custom_files(tmp_path, yaml_text, GEN_ROWS))
+    assert task.metrics == ("exact_match",)
+    assert task.score(["The cat sat on the mat!", "a dog", "Blue."], [r["target"] for r in GEN_ROWS]) == {
+        "exact_match": 1.0,
+        "score": 1.0,
+    }
+
+
+def test_custom_specs_of_todays_keys_keep_their_kind(tmp_path):
+    """No `kind`: labels make a classification task, `regression: true` (or no labels) a regression
+    task; `regression: false` with labels stays classification."""
+    rows = [{"a": "x", "y": 1}, {"a": "p", "y": 0}]
+    base = "name: {name}\ndata: {train: train.jsonl}\ntext_fields: [a]\nlabel_field: y\n"
+    specs = {
+        "regression: true\n": ("regression", [1.0, 0.0]),
+        "": ("regression", [1.0, 0.0]),
+        "labels: [0, 1]\n": ("classification", [1, 0]),
+        "labels: [0, 1]\nregression: false\n": ("classification", [1, 0]),
+        "kind: classification\nlabels: [1, 0]\n": ("classification", [0, 1]),
+    }
+    for i, (extra, (kind, labels)) in enumerate(specs.items()):
+        folder = tmp_path / str(i)
+        task = load_custom_task(
+            custom_files(folder, (base + extra).replace("{name}", "{name}_" + str(i)), rows)
+        )
+        assert task.kind.name == kind, extra
+        assert [e.label for e in task.load("train")[0]] == labels, extra
+        assert task.metrics == (("pearson", "spearman") if kind == "regression" else ("accuracy",))
+
+
+@pytest.mark.parametrize(
+    "spec,change,error",
+    [
+        (MC_YAML, ("kind: multiple_choice", "kind: multiple_choise"),
+         r"unknown kind 'multiple_choise'; did you mean 'multiple_choice'\? Kinds: classification, "
+         r"regression, multiple_choice, generation"),
+        (MC_YAML, ("choices_field: options\n", ""), "a multiple_choice task needs choices_field"),
+        (MC_YAML, ("answer_field", "label_field"), "a multiple_choice task takes no label_field"),
+        (MC_YAML, ("answer_field: answer", "answer_field: answer\nlabels: [a, b]"),
+         "a multiple_choice task takes no labels"),
+        (GEN_YAML, ("answer_field: target", "answer_field: target\nlabels: [a, b]"),
+         "a generation task takes no labels; its keys are answer_field"),
+        (GEN_YAML, ("answer_field: target", "answer_field: target\nchoices_field: options"),
+         "a generation task takes no choices_field"),
+        (GEN_YAML, ("answer_field: target\n", ""), "a generation task needs answer_field"),
+        (SENTIMENT, ("label_field: label", "label_field: label\nanswer_field: label"),
+         "a classification task takes no answer_field"),
+        (SENTIMENT, ("labels: [neg, pos]", "labels: [neg, pos]\nregression: true"),
+         "a regression task takes no labels"),
+        (MC_YAML, ("answer_field: answer", "answer_field: answer\nmetrics: [accuracy]"),
+         "metric 'accuracy' does not apply to a multiple_choice task; choose from acc, acc_norm"),
+        (SENTIMENT, ("[accuracy, f1]", "[accuracy, exact_match]"),
+         "metric 'exact_match' does not apply to a classification task; choose from accuracy, f1, mcc"),
+        (GEN_YAML, ("[exact_match, rouge_l]", "[acc_norm]"),
+         "metric 'acc_norm' does not apply to a generation task; choose from exact_match, rouge_l"),
+        (MC_YAML, ("choices_field: options", "choices_field: [options]"),
+         r"choices_field must be one key \(a string\), got \['options'\]"),
+    ],
+)  # fmt: skip
+def test_custom_task_kind_errors_at_load_time_name_the_problem(tmp_path, spec, change, error):
+    old, new = change
+    assert old in spec
+    path = custom_files(tmp_path, spec.replace(old, new), MC_ROWS)
+    with pytest.raises(ValueError, match=error) as e:
+        load_custom_task(path)
+    assert str(e.value).startswith(str(path))  # the file it is in
+
+
+def test_custom_multiple_choice_task_without_answer_field_is_a_load_time_error(tmp_path):
+    path = custom_files(tmp_path, MC_YAML.replace("answer_field: answer\n", ""), MC_ROWS)
+    with pytest.raises(ValueError, match="answer_field"):
+        load_custom_task(path)
+
+
+@pytest.mark.parametrize("answer", [2, -1, True, "x", 1.5, "-1"])
+def test_custom_multiple_choice_answer_out_of_range_names_the_row(tmp_path, answer):
+    """Never skipped: an answer that names no option means the file and the spec disagree."""
+    rows = [MC_ROWS[0], {"question": "Q?", "options": ["a", "b"], "answer": answer}]
+    task = load_custom_task(custom_files(tmp_path, MC_YAML, rows))
+    for strict in (False, True):
+        with pytest.raises(
+            ValueError,
+            match=rf"train\.jsonl, line 2: answer {re.escape(repr(answer))} is not the index \(0\.\.1\)",
+        ):
+            task.load("train", strict=strict)
+
+
+@pytest.mark.parametrize("options", ["a b", ["only"], ["a", 3], ["a", " "], None, {"a": "b"}, []])
+def test_custom_multiple_choice_bad_options_are_skipped_or_raised(tmp_path, options):
+    rows = [MC_ROWS[0], {"question": "Q?", "options": options, "answer": 0}, *MC_ROWS[1:]]
+    task = load_custom_task(custom_files(tmp_path, MC_YAML, rows))
+    why = "the options are not a list of at least two non-empty strings"
+    with pytest.warns(
+        UserWarning, match=rf"skipped 1 malformed row\(s\) in .*train\.jsonl \(first: line 2, {why}"
+    ):
+        examples, skipped = task.load("train")
+    assert skipped == 1 and [e.text_a for e in examples] == [
+        "Where do fish live?",
+        "What is red?",
+        "Which is a fruit?",
+    ]
+    with pytest.raises(ValueError, match=rf"train\.jsonl, line 2: malformed row \({why}\)"):
+        task.load("train", strict=True)
+
+
+@pytest.mark.parametrize("target", ["", "  ", 3, None, ["a"]])
+def test_custom_generation_bad_target_is_skipped_or_raised(tmp_path, target):
+    rows = [GEN_ROWS[0], {**GEN_ROWS[1], "target": target}, GEN_ROWS[2]]
+    task = load_custom_task(custom_files(tmp_path, GEN_YAML, rows))
+    with pytest.warns(UserWarning, match=r"skipped 1 malformed row\(s\) .*line 2, the target text is empty"):
+        examples, skipped = task.load("train")
+    assert skipped == 1 and [e.label for e in examples] == ["the cat sat on the mat", "blue"]
+    with pytest.raises(
+        ValueError, match=r"line 2: malformed row \(the target text is empty or not a string\)"
+    ):
+        task.load("train", strict=True)

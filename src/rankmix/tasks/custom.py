@@ -43,12 +43,12 @@ _KEYS = (
     "metrics",
     "template",
 )
-# the keys of each kind beyond the common ones; the first is required
+# the keys of each kind beyond the common ones, and how many of them (the first) it requires
 _KIND_KEYS = {
-    "classification": ("label_field", "labels", "label_words"),
-    "regression": ("label_field", "regression"),
-    "multiple_choice": ("choices_field", "answer_field"),
-    "generation": ("answer_field",),
+    "classification": (("label_field", "labels", "label_words"), 1),
+    "regression": (("label_field", "regression"), 1),
+    "multiple_choice": (("choices_field", "answer_field"), 2),
+    "generation": (("answer_field",), 1),
 }
 
 
@@ -75,15 +75,18 @@ def _kind(spec: dict[str, Any], where: str) -> TaskKind:
     has no labels), with its keys checked."""
     default = "regression" if spec.get("regression", "labels" not in spec) is True else "classification"
     name = spec.get("kind", default)
-    if name not in KINDS:
-        hint = did_you_mean(str(name), KINDS)
+    if not isinstance(name, str) or name not in KINDS:
+        hint = did_you_mean(str(name), KINDS) or "."
         raise ValueError(f"{where}: unknown kind {name!r}{hint} Kinds: {', '.join(KINDS)}")
-    own = _KIND_KEYS[name]
-    other = [k for k in spec if k in {x for keys in _KIND_KEYS.values() for x in keys} - set(own)]
+    own, required = _KIND_KEYS[name]
+    other = [k for k in spec if k in {x for keys, _ in _KIND_KEYS.values() for x in keys} - set(own)]
     if other and not (name == "classification" and other == ["regression"] and spec["regression"] is False):
         raise ValueError(f"{where}: a {name} task takes no {', '.join(other)}; its keys are {', '.join(own)}")
-    if own[0] not in spec:
-        raise ValueError(f"{where}: a {name} task needs {own[0]}")
+    if name == "regression" and spec.get("regression", True) is not True:
+        raise ValueError(f"{where}: kind regression with regression: false; drop one of them")
+    missing = [k for k in own[:required] if k not in spec]
+    if missing:
+        raise ValueError(f"{where}: a {name} task needs {' and '.join(missing)}")
     for key in ("label_field", "choices_field", "answer_field"):
         if key in spec and (not isinstance(spec[key], str) or not spec[key]):
             raise ValueError(f"{where}: {key} must be one key (a string), got {spec[key]!r}")

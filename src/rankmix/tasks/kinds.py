@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from .metrics import compute, normalize
+from ..hints import did_you_mean
+from .metrics import METRICS, compute, normalize
 
 if TYPE_CHECKING:
     from .base import Example, Task
@@ -101,7 +102,13 @@ class TaskKind(abc.ABC):
         return {"label": task.labels[int(prediction)], "score": probs[int(prediction)].item()}
 
     def check_metrics(self, metrics: Sequence[str], where: str) -> None:
+        known = {*METRICS, *(m for kind in KINDS.values() for m in kind.metrics)}
         for metric in metrics:
+            if metric not in known:
+                hint = did_you_mean(metric, known) or "."
+                raise ValueError(
+                    f"{where}: unknown metric {metric!r}{hint} Known: {', '.join(sorted(known))}"
+                )
             if metric not in self.metrics:
                 raise ValueError(
                     f"{where}: metric {metric!r} does not apply to a {self.name} task; choose from "

@@ -160,12 +160,13 @@ def _generate(
 
 
 def _subjects(n: int, seed: str, exclude: frozenset[str] = frozenset()) -> list[Example]:
-    """`n` distinct review sentences, each labelled with the noun it is about (a generation target)."""
+    """`n` distinct review sentences, each labelled with the noun it is about (a generation target); the
+    nouns cycled, so each is as frequent as the others, then shuffled."""
     rng = random.Random(seed)
     seen, examples = set(exclude), []
-    for _ in range(n):
+    for i in range(n):
+        noun = NOUNS[i % len(NOUNS)]
         for _ in range(1000):
-            noun = rng.choice(NOUNS)
             template = rng.choice(SENTIMENT_TEMPLATES).replace("{noun}", noun)
             text = _fill(rng, template, _sentiment_words(rng.randrange(2)))
             if text not in seen:
@@ -174,6 +175,7 @@ def _subjects(n: int, seed: str, exclude: frozenset[str] = frozenset()) -> list[
             raise ValueError(f"synthetic task 'subject': cannot draw {n} distinct sentences; ask for fewer")
         seen.add(text)
         examples.append(Example(text, None, noun))
+    rng.shuffle(examples)
     return examples
 
 
