@@ -85,7 +85,13 @@ def predict_records(
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         ids = torch.full((len(chunk),), t, dtype=torch.long, device=device)
-        if mode == "generate" or task.kind.generates:
+        if task.kind.generates:  # the answer evaluation scores
+            for example, text in zip(
+                chunk, family.generate(model, run.tokenizer, task, ids, chunk, max_length), strict=True
+            ):
+                yield task.kind.record(task, example, task.kind.parse(task, example, text), None)
+            continue
+        if mode == "generate":
             for text in family.generate(model, run.tokenizer, task, ids, chunk, max_length):
                 yield {"text": text}
             continue
