@@ -26,6 +26,7 @@ from .data.collate import (
     IGNORE,
     Features,
     continuation_ids,
+    cut_context,
     decoder_features,
     encode_encoder,
     encoder_row,
@@ -165,8 +166,6 @@ class GenerativeFamily(ModelFamily):
 
     modes = ("score", "generate")
     encode_one: ClassVar[Callable[..., Features]]  # one context and continuation -> its features
-    pair_ids: ClassVar[Callable[..., tuple[list[int], list[int]]]]  # their tokens, as encode_one has them
-    context_shares_length: ClassVar[bool]  # context and continuation share max_length (one sequence)
     prompt_padding_side: ClassVar[str]  # where prompts are padded for generation
     generation_repeats_prompt: ClassVar[bool]  # a decoder's generate() output starts with the prompt
 
@@ -183,32 +182,39 @@ class GenerativeFamily(ModelFamily):
 
     def scores(self, model, tokenizer, task, task_ids, examples, max_length):
         options = [task.kind.options(task, e) for e in examples]
-        contexts: dict[tuple[int, str], int] = {}  # each example's distinct contexts, encoded once
-        owner, context_of, pairs = [], [], []
+        eos = task.kind.ends_with_eos
+        index: dict[tuple[int, str], int] = {}  # each example's distinct contexts, run once each
+        heads, longest, owner, context_of, continuations = [], [], [], [], []
         for i, example_options in enumerate(options):
             for option in example_options:
+                head, continuation = self.pair_ids(tokenizer, option.context, option.text, eos, max_length)
                 key = (i, option.context)
-                if key not in contexts:
-                    contexts[key] = len(contexts)
+                if key not in index:
+                    index[key] = len(heads)
+                    heads.append(head)
+                    longest.append(0)
                     owner.append(i)
-                context_of.append(contexts[key])
-                eos = task.kind.ends_with_eos
-                pairs.append(self.pair_ids(tokenizer, option.context, option.text, eos, max_length))
-        heads = [[] for _ in contexts]
-        for c, (head, _) in zip(context_of, pairs, strict=True):
-            heads[c] = head
-        continuations = [cont for _, cont in pairs]
-        longest = [0] * len(heads)
-        for c, cont in zip(context_of, continuations, strict=True):
-            longest[c] = max(longest[c], len(cont))
-        if self.context_shares_length:  # cut from the left, so the longest continuation fits
-            heads = [h[-max(1, max_length - n) :] for h, n in zip(heads, longest, strict=True)]
+                c = index[key]
+                longest[c] = max(longest[c], len(continuation))
+                context_of.append(c)
+                continuations.append(continuation)
+        heads = [self.fit(h, n, max_length) for h, n in zip(heads, longest, strict=True)]
         owners = torch.tensor(owner, device=task_ids.device)
         logprobs = self.continuation_logprobs(
             model, tokenizer, heads, task_ids[owners], torch.tensor(context_of), continuations
         )
         sizes = [len(o) for o in options]
         return list(logprobs.split(sizes))
+
+    @abc.abstractmethod
+    def pair_ids(
+        self, tokenizer: Any, context: str, text: str, eos: bool, max_length: int
+    ) -> tuple[list[int], list[int]]:
+        """(context tokens, continuation tokens), as `encode_one` encodes them for training."""
+
+    @abc.abstractmethod
+    def fit(self, context: list[int], continuation_length: int, max_length: int) -> list[int]:
+        """The context tokens that go into the model beside a continuation that long."""
 
     @abc.abstractmethod
     def continuation_logprobs(
@@ -265,12 +271,14 @@ class DecoderFamily(GenerativeFamily):
     name = "decoder"
     auto_class = "AutoModelForCausalLM"
     encode_one = staticmethod(decoder_features)
-    pair_ids = staticmethod(
-        lambda tokenizer, context, text, eos, _: continuation_ids(tokenizer, context, text, eos)
-    )
-    context_shares_length = True
     prompt_padding_side = "left"
     generation_repeats_prompt = True
+
+    def pair_ids(self, tokenizer, context, text, eos, max_length):
+        return continuation_ids(tokenizer, context, text, eos)
+
+    def fit(self, context, continuation_length, max_length):
+        return cut_context(context, continuation_length, max_length)  # one sequence shares max_length
 
     def continuation_logprobs(self, model, tokenizer, contexts, task_ids, context_of, continuations):
         device = task_ids.device
@@ -313,23 +321,24 @@ class Seq2SeqFamily(GenerativeFamily):
     name = "seq2seq"
     auto_class = "AutoModelForSeq2SeqLM"
     encode_one = staticmethod(seq2seq_features)
-    pair_ids = staticmethod(seq2seq_ids)
-    context_shares_length = False
     prompt_padding_side = "right"
     generation_repeats_prompt = False
 
+    def pair_ids(self, tokenizer, context, text, eos, max_length):
+        return seq2seq_ids(tokenizer, context, text, eos, max_length)
+
+    def fit(self, context, continuation_length, max_length):
+        return context  # the encoder's input, cut to max_length already
+
     def continuation_logprobs(self, model, tokenizer, contexts, task_ids, context_of, continuations):
-        device = task_ids.device
-        ctx = {
-            k: v.to(device)
-            for k, v in pad_features([{"input_ids": c} for c in contexts], pad_id(tokenizer)).items()
-        }
+        device, pad = task_ids.device, pad_id(tokenizer)
+        ctx = {k: v.to(device) for k, v in pad_features([{"input_ids": c} for c in contexts], pad).items()}
         start = torch.full(
             (len(contexts), 1), _language_model(model).config.decoder_start_token_id, device=device
         )
         encoded = model(**ctx, decoder_input_ids=start, task_ids=task_ids).encoder_last_hidden_state
         rows = context_of.to(device)
-        labels = pad_features([{"labels": c} for c in continuations], pad_id(tokenizer))["labels"].to(device)
+        labels = pad_features([{"labels": c} for c in continuations], pad)["labels"].to(device)
         logits = model(
             encoder_outputs=BaseModelOutput(last_hidden_state=encoded[rows]),
             attention_mask=ctx["attention_mask"][rows],

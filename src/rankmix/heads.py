@@ -51,14 +51,13 @@ class MultiTaskHeads(nn.Module):
         hidden = out.last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        tasks = task_ids.unique().tolist()
-        widths = {t: self.heads[t].out_features for t in tasks}
-        width = max(int(c) * widths[int(t)] for c, t in zip(counts.tolist(), task_ids.tolist(), strict=True))
+        widths = torch.tensor([h.out_features for h in self.heads], device=task_ids.device)
+        width = int((counts * widths[task_ids]).max())
         logits = pooled.new_full((examples, width), float("-inf"))
         losses = []
-        for t in tasks:
+        for t in task_ids.unique().tolist():
             rows = (row_tasks == t).nonzero().squeeze(-1)
-            n = widths[t]
+            n = self.heads[t].out_features
             columns = position[rows, None] * n + torch.arange(n, device=rows.device)
             logits[owner[rows, None], columns] = self.heads[t](pooled[rows]).to(logits.dtype)
             if labels is not None:

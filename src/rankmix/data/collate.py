@@ -99,11 +99,17 @@ def continuation_ids(tokenizer, context: str, text: str, eos: bool) -> tuple[lis
     return head, whole[len(head) :]
 
 
+def cut_context(context: list[int], continuation_length: int, max_length: int) -> list[int]:
+    """A decoder context cut from its left so that it and the continuation fit max_length (at least its
+    last token stays)."""
+    return context[-max(1, max_length - continuation_length) :]
+
+
 def decoder_features(tokenizer, context: str, text: str, eos: bool, max_length: int) -> Features:
     """context + continuation as one sequence (`continuation_ids`), cut from the context's left if too
     long; labels mask the context."""
     p, a = continuation_ids(tokenizer, context, text, eos)
-    p = p[-max(1, max_length - len(a)) :]
+    p = cut_context(p, len(a), max_length)
     return {"input_ids": p + a, "labels": [IGNORE] * len(p) + a}
 
 

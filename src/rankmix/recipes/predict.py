@@ -11,6 +11,7 @@ import torch
 
 from ..files import read_utf8
 from ..tasks.base import Example, Task
+from ..tasks.readers import are_options, is_text
 from .run import Run
 
 
@@ -20,7 +21,7 @@ def read_rows(path: Path, task: Task) -> list[Example]:
     any prediction."""
     first, second = (*task.text_fields, None)[:2]
     pair = "{text_b}" in task.template
-    wants_choices = bool(task.kind.needs_choices)
+    wants_choices = task.kind.needs_choices
     examples = []
     for number, line in enumerate(read_utf8(path, "input file").splitlines(), 1):
         if not line.strip():
@@ -30,15 +31,13 @@ def read_rows(path: Path, task: Task) -> list[Example]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}, line {number}: not valid JSON ({e})") from None
         wanted = [first, second] if pair else [first]
-        if not isinstance(row, dict) or not all(_is_text(row.get(k)) for k in wanted):
+        if not isinstance(row, dict) or not all(is_text(row.get(k)) for k in wanted):
             raise ValueError(
                 f"{path}, line {number}: task {task.name} needs a JSON object with the non-empty text "
                 f"field(s) {', '.join(repr(k) for k in wanted)}"
             )
         choices = row.get(task.choices_field) if wants_choices else ()
-        if wants_choices and not (
-            isinstance(choices, list) and len(choices) >= 2 and all(map(_is_text, choices))
-        ):
+        if wants_choices and not are_options(choices):
             raise ValueError(
                 f"{path}, line {number}: task {task.name} is a multiple-choice task; each row needs "
                 f"{task.choices_field!r}, a list of at least two non-empty option strings"
@@ -49,13 +48,8 @@ def read_rows(path: Path, task: Task) -> list[Example]:
     return examples
 
 
-def _is_text(value: Any) -> bool:
-    """What training accepts as a text: a string that is not blank."""
-    return isinstance(value, str) and bool(value.strip())
-
-
 def text_example(task: Task, text: str) -> Example:
-    if not _is_text(text):
+    if not is_text(text):
         raise ValueError("--text is empty; pass the text to predict on (training skips empty texts too)")
     if task.kind.needs_choices:
         raise ValueError(

@@ -65,15 +65,21 @@ def resolve_tasks(cfg: RunConfig) -> list[Task]:
 LABEL_WORDS = "_labels"  # the suffix of a task's label-word twin (the format before task kinds)
 
 
+def _twin(name: str) -> Task | None:
+    """The label-word twin of the task called `name`, where it has one."""
+    twin = f"{name}{LABEL_WORDS}"
+    return get_task(twin) if twin in task_names() else None
+
+
 def as_trained(task: Task, kind: str | None) -> Task:
     """`task` as a run trained it: a run recorded as another kind than the task is now (the label-word
     format, before the commonsense tasks became multiple-choice ones) gets the task's twin of that
     kind, under the task's own name."""
     if kind is None or kind == task.kind.name:
         return task
-    twin = f"{task.name}{LABEL_WORDS}"
-    if twin in task_names() and get_task(twin).kind.name == kind:
-        return dataclasses.replace(get_task(twin), name=task.name)
+    twin = _twin(task.name)
+    if twin is not None and twin.kind.name == kind:
+        return dataclasses.replace(twin, name=task.name)
     raise ValueError(
         f"this run trained {task.name} as a {kind} task, and {task.name} is a {task.kind.name} task now; "
         "evaluate it with the rankmix version that trained it"
@@ -81,13 +87,9 @@ def as_trained(task: Task, kind: str | None) -> Task:
 
 
 def legacy_kinds(tasks: list[str]) -> dict[str, str]:
-    """The kinds a run.yaml written before task kinds meant: the label-word twin's, where a task has one."""
-    return {
-        name: get_task(f"{name}{LABEL_WORDS}").kind.name
-        if f"{name}{LABEL_WORDS}" in task_names()
-        else get_task(name).kind.name
-        for name in tasks
-    }
+    """The kinds a run.yaml written before task kinds meant: the label-word twin's, for the tasks that
+    have one (the others were what they are now)."""
+    return {name: twin.kind.name for name in tasks if (twin := _twin(name)) is not None}
 
 
 def _subset(examples: list[Example], cap: int | None, seed: int) -> list[Example]:
@@ -187,8 +189,6 @@ def open_run(folder: str | Path, overrides: list[str], splits: tuple[str, ...] =
     cfg = load_run_config(path / RUN_CONFIG, overrides, paths_from_file=True)
     cfg.method = read_adapter_config(path)["adapter"]  # complete, unlike a recipe that relied on defaults
     if cfg.task_kinds is None:  # trained before task kinds
-        for custom in cfg.custom_tasks:
-            load_custom_task(custom)
         cfg.task_kinds = legacy_kinds(cfg.tasks)
     run = prepare(cfg, splits)
     for attempt in range(3):  # a run in training swaps in a new adapter/ at each best evaluation:

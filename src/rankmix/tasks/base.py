@@ -63,9 +63,7 @@ class Task:
         return self.reader(Path(data_dir), split, strict)
 
     def score(self, predictions: Sequence[Prediction], references: Sequence[Any]) -> dict[str, float]:
-        """Every metric of this task plus "score": for multiple choice its acc_norm, else the metrics'
-        mean (the task's number in averages)."""
+        """Every metric of this task plus "score", the task's number in averages (its kind's headline:
+        acc_norm for multiple choice, else the metrics' mean)."""
         values = self.kind.score(self.metrics, predictions, references)
-        main = [values["acc_norm"]] if "acc_norm" in values else list(values.values())
-        values["score"] = sum(main) / len(main)
-        return values
+        return values | {"score": self.kind.headline(values)}

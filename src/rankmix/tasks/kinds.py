@@ -96,10 +96,15 @@ class TaskKind(abc.ABC):
     ) -> dict[str, float]:
         return {m: compute(m, predictions, references) for m in metrics}
 
-    def record(self, task: Task, example: Example, prediction: Prediction, scores: torch.Tensor) -> dict:
-        """One line of `rankmix predict`'s output."""
-        probs = scores.float().softmax(-1)
-        return {"label": task.labels[int(prediction)], "score": probs[int(prediction)].item()}
+    def headline(self, values: dict[str, float]) -> float:
+        """A task's number in averages (`score`), from its metrics' values: their mean."""
+        return sum(values.values()) / len(values)
+
+    @abc.abstractmethod
+    def record(
+        self, task: Task, example: Example, prediction: Prediction, scores: torch.Tensor | None
+    ) -> dict[str, Any]:
+        """One line of `rankmix predict`'s output (`scores`: the model's, where it scored candidates)."""
 
     def check_metrics(self, metrics: Sequence[str], where: str) -> None:
         known = {*METRICS, *(m for kind in KINDS.values() for m in kind.metrics)}
@@ -158,6 +163,10 @@ class Classification(HeadKind):
 
     def head_size(self, task):
         return len(task.labels)
+
+    def record(self, task, example, prediction, scores):
+        probs = scores.float().softmax(-1)
+        return {"label": task.labels[int(prediction)], "score": probs[int(prediction)].item()}
 
     def head_loss(self, logits, target):
         return F.cross_entropy(logits, target.long(), reduction="sum")
@@ -259,6 +268,10 @@ class MultipleChoice(HeadKind):
     def score(self, metrics, predictions, references):
         picks = {"acc": [p.pick for p in predictions], "acc_norm": [p.pick_norm for p in predictions]}
         return {m: compute("accuracy", picks[m], references) for m in metrics}
+
+    def headline(self, values):
+        """acc_norm, where the task measures it (lm-evaluation-harness's usual headline)."""
+        return values["acc_norm"] if "acc_norm" in values else super().headline(values)
 
     def record(self, task, example, prediction, scores):
         probs = scores.float().softmax(-1)

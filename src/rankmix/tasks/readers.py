@@ -73,17 +73,17 @@ class _Rows:
 
     def add(self, line: int, text_a: Any, text_b: Any, label: Any, has_b: bool, choices: Any = ()) -> None:
         texts = (text_a, text_b) if has_b else (text_a,)
-        if not all(_is_text(t) for t in texts):
+        if not all(is_text(t) for t in texts):
             self.malformed(line, "a text field is empty or not a string")
             return
         if self.target == "choice":
-            if not isinstance(choices, (list, tuple)) or len(choices) < 2 or not all(map(_is_text, choices)):
+            if not are_options(choices):
                 self.malformed(line, "the options are not a list of at least two non-empty strings")
                 return
             choices = tuple(c.strip() for c in choices)
             label = self._choice(line, label, choices)
         elif self.target == "text":
-            if not _is_text(label):
+            if not is_text(label):
                 self.malformed(line, "the target text is empty or not a string")
                 return
             label = label.strip()
@@ -143,8 +143,14 @@ class _Rows:
         return self.examples, len(self.skipped)
 
 
-def _is_text(value: Any) -> bool:
+def is_text(value: Any) -> bool:
+    """What a task accepts as a text: a string that is not blank."""
     return isinstance(value, str) and bool(value.strip())
+
+
+def are_options(value: Any) -> bool:
+    """What a multiple-choice row accepts as its options: a list of two or more texts."""
+    return isinstance(value, (list, tuple)) and len(value) >= 2 and all(map(is_text, value))
 
 
 def not_utf8(path: Path) -> ValueError:
