@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from accuracy import provenance
-from rankmix.data.collate import IGNORE, continuation_ids, pad_features, pad_id
+from rankmix.data.collate import IGNORE, continuation_ids, cut_context, pad_features, pad_id
 from rankmix.families import answer_logprob
 from rankmix.files import write_json, write_text
 from rankmix.recipes.run import zero_shot_run
@@ -38,15 +38,13 @@ def per_option(run, task, ids: torch.Tensor, examples) -> list[torch.Tensor]:
     rows, owners, sizes = [], [], []
     for i, example in enumerate(examples):
         options = kind.options(task, example)
+        pairs = [continuation_ids(tokenizer, o.context, o.text, kind.ends_with_eos) for o in options]
         sizes.append(len(options))
-        for option in options:
-            head, cont = continuation_ids(tokenizer, option.context, option.text, kind.ends_with_eos)
+        for option, (head, cont) in zip(options, pairs, strict=True):
             longest = max(
-                len(continuation_ids(tokenizer, o.context, o.text, kind.ends_with_eos)[1])
-                for o in options
-                if o.context == option.context
+                len(c) for o, (_, c) in zip(options, pairs, strict=True) if o.context == option.context
             )
-            head = head[-max(1, max_length - longest) :]  # the cut rankmix makes, per context
+            head = cut_context(head, longest, max_length)  # the cut rankmix makes, per context
             rows.append({"input_ids": head + cont, "labels": [IGNORE] * len(head) + cont})
             owners.append(i)
     batch = pad_features(rows, pad_id(tokenizer))

@@ -2,21 +2,23 @@
 
 rankmix scores each option of a multiple-choice row the way lm-eval does (summed log-likelihood of the
 continuation; acc_norm divides it by a length in characters). To check that claim row by row, this
-script hands the very same (context, continuation) pairs to lm-eval itself and reads back its acc,
-acc_norm and per-option log-likelihoods. lm-eval runs in a virtual environment of its own (it pins
-its own datasets and evaluate), called through subprocess; this script runs in the project's.
+script scores a recipe's dev draw with rankmix, hands the very same (context, continuation) pairs to
+lm-eval itself, and compares their acc, acc_norm and per-option log-likelihoods: once for the recipe's
+base model (zero-shot) and, given a run folder of the recipe, once for its adapter exported as a stock
+PEFT LoRA (`--model hf --model_args pretrained=BASE,peft=ADAPTER`). lm-eval runs in a virtual
+environment of its own (`python -m venv /work/lmeval/venv && /work/lmeval/venv/bin/pip install lm-eval
+peft torch==2.13.0`; it pins its own datasets and evaluate), called through subprocess.
 
-    python benchmarks/lm_eval_referee.py --task arc_easy --data-dir DIR --model smollm2 --out OUT
-    python benchmarks/lm_eval_referee.py --rows rows.jsonl --model FOLDER --adapter PEFT_FOLDER --out OUT
+    python benchmarks/lm_eval_referee.py --recipe configs/commonsense-smollm2-lora.yaml --run RUN \
+        --data-dir ../shared/data --set "tasks=[arc_easy,piqa,winogrande]" --out /tmp/referee
 
-A row is {"contexts": [...], "continuations": [...], "norm": [...], "gold": i}, one context and one
-continuation per option (a continuation starts with the space lm-eval puts between them). Rows whose
-contexts are all equal become an ordinary lm-eval multiple-choice task (the options are the
+Rows whose contexts are all equal become an ordinary lm-eval multiple-choice task (the options are the
 continuations); rows with differing contexts and one shared continuation become a "multiple input"
-task, as WinoGrande is (the options are the contexts). lm-eval's acc_norm divides by the length of
-its options: the continuation without its space in the first form, the whole context in the second.
-Rows whose "norm" differ from those are listed in `norm_mismatch`; `acc_norm_by_row_norm` is the
-acc_norm that lm-eval's log-likelihoods give with the rows' own norms.
+task, as WinoGrande is (the options are the contexts). lm-eval's acc_norm divides by the length of its
+options: the continuation without its space in the first form, the whole context in the second; rows
+whose rankmix norms differ from those are listed in `norm_mismatch`.
+
+Writes benchmarks/results/lm_eval_referee.json and its table in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -64,15 +66,18 @@ FIELDS = {"choices": ("context", "choices", "gold"), "contexts": ("gold", "conte
 def rows_of(task, examples) -> list[Row]:
     """The rows of a rankmix multiple-choice task, as rankmix itself builds its loglikelihood requests:
     each option's context and, after the space a decoder puts between them, its text."""
-    return [
-        {
-            "contexts": [o.context for o in task.kind.options(task, e)],
-            "continuations": [DELIMITER + o.text for o in task.kind.options(task, e)],
-            "norm": list(task.kind.norm_lengths(task, e)),
-            "gold": int(e.label),
-        }
-        for e in examples
-    ]
+    rows = []
+    for e in examples:
+        options = task.kind.options(task, e)
+        rows.append(
+            {
+                "contexts": [o.context for o in options],
+                "continuations": [DELIMITER + o.text for o in options],
+                "norm": list(task.kind.norm_lengths(task, e)),
+                "gold": int(e.label),
+            }
+        )
+    return rows
 
 
 @torch.no_grad()
@@ -149,16 +154,14 @@ def lm_options(continuations: list[str]) -> list[str]:
     return [c[len(DELIMITER) :] for c in continuations]
 
 
-def run_lm_eval(
-    python: str, model_args: str, folder: Path, tasks: list[str], *, batch_size: int = 1, device: str = "cpu"
-) -> Path:
+def run_lm_eval(python: str, model_args: str, folder: Path, tasks: list[str]) -> Path:
     """Run lm-eval, offline, on the tasks in `folder`/tasks; the folder its results and samples are under
     (the log is `folder`/lm_eval.log)."""
     out = folder / "results"
     command = [
         python, "-m", "lm_eval", "--model", "hf", "--model_args", model_args,
-        "--include_path", str(folder / "tasks"), "--tasks", ",".join(tasks), "--device", device,
-        "--batch_size", str(batch_size), "--log_samples", "--output_path", str(out),
+        "--include_path", str(folder / "tasks"), "--tasks", ",".join(tasks), "--device", "cpu",
+        "--batch_size", "1", "--log_samples", "--output_path", str(out),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     # no hub here; the json dataset's cache stays in the run's folder, never stale from an earlier one
@@ -200,19 +203,14 @@ def referee(
     *,
     adapter: str | None = None,
     python: str = "/work/lmeval/venv/bin/python",
-    batch_size: int = 1,
-    device: str = "cpu",
-    extra_model_args: str = "",
 ) -> dict[str, Any]:
     """lm-eval's verdict on `rows` with the transformers folder `model` (and a PEFT adapter): acc,
     acc_norm, and per row its options' log-likelihoods, lm-eval's picks and the norms it divided by."""
     out.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="lm_eval_", dir=out))
     tasks = write_tasks(rows, folder / "tasks")
-    model_args = ",".join(
-        a for a in (f"pretrained={model}", f"peft={adapter}" if adapter else "", extra_model_args) if a
-    )
-    results = run_lm_eval(python, model_args, folder, list(tasks), batch_size=batch_size, device=device)
+    model_args = ",".join(a for a in (f"pretrained={model}", f"peft={adapter}" if adapter else "") if a)
+    results = run_lm_eval(python, model_args, folder, list(tasks))
     verdict: list[dict[str, Any]] = [{} for _ in rows]
     for task, indices in tasks.items():
         samples = read_samples(results, task)
@@ -263,37 +261,34 @@ def hf_folder(model: str, out: Path) -> str:
     return str(folder.resolve())
 
 
-def compare(run, out: Path, python: str, adapter: str | None) -> dict[str, Any]:
+def compare(run, out: Path, python: str, trained: bool) -> dict[str, Any]:
     """Per multiple-choice task of `run`: rankmix's and lm-eval's acc and acc_norm on the same rows, the
-    rows where their picks differ, and the largest log-likelihood difference."""
+    rows where their picks differ, and the largest log-likelihood difference. `trained`: lm-eval gets
+    the task's adapter, exported as a stock PEFT LoRA (one per task for a task-routed method)."""
+    from rankmix.recipes.run import export_task
+
     model = hf_folder(run.config.model, out)
     tasks = {}
     for t, task in enumerate(run.tasks):
         start = time.perf_counter()
         ours = rankmix_verdict(run, t)
         seconds = time.perf_counter() - start
-        theirs = referee(
-            rows_of(task, run.dev_sets[t]), model, out / task.name, adapter=adapter, python=python
-        )
-        differ = {
-            metric: [
-                i
-                for i, (row, mine) in enumerate(zip(theirs["per_row"], ours["per_row"], strict=True))
-                if argmax(row["loglikelihoods"]) != argmax(mine)
-                if metric == "acc"
-            ]
-            for metric in ("acc",)
-        }
-        gap = max(
-            abs(a - b)
-            for row, mine in zip(theirs["per_row"], ours["per_row"], strict=True)
-            for a, b in zip(row["loglikelihoods"], mine, strict=True)
-        )
+        adapter = None
+        if trained:
+            routed = run.adapted.method.task_routed
+            adapter = out / "adapters" / (task.name if routed else "all")
+            if not adapter.exists():
+                export_task(run, task.name if routed else None, adapter)
+        rows = rows_of(task, run.dev_sets[t])
+        theirs = referee(rows, model, out / task.name, adapter=adapter and str(adapter), python=python)
+        pairs = list(zip(theirs["per_row"], ours["per_row"], strict=True))
+        differ = [i for i, (row, mine) in enumerate(pairs) if argmax(row["loglikelihoods"]) != argmax(mine)]
+        gap = max(abs(a - b) for row, mine in pairs for a, b in zip(row["loglikelihoods"], mine, strict=True))
         tasks[task.name] = {
             "rows": theirs["rows"],
             "rankmix": {"acc": ours["acc"], "acc_norm": ours["acc_norm"], "seconds": round(seconds, 1)},
             "lm_eval": {"acc": theirs["acc"], "acc_norm": theirs["acc_norm"]},
-            "rows_picked_differently": differ["acc"],
+            "rows_picked_differently": differ,
             "max_loglikelihood_difference": gap,
             "norm_mismatch": theirs["norm_mismatch"],
         }
@@ -326,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from accuracy import provenance
     from rankmix.files import write_json, write_text
-    from rankmix.recipes.run import export_task, open_run, zero_shot_run
+    from rankmix.recipes.run import open_run, zero_shot_run
     from render import MARKDOWN, replace_section
 
     parser = argparse.ArgumentParser(
@@ -348,16 +343,13 @@ def main(argv: list[str] | None = None) -> None:
     overrides = [f"data_dir={args.data_dir}", *args.set]
     models = {
         "base (zero-shot)": compare(
-            zero_shot_run(args.recipe, overrides), args.out / "base", args.lm_eval_python, None
+            zero_shot_run(args.recipe, overrides), args.out / "base", args.lm_eval_python, trained=False
         )
     }
     if args.run:
         run, _ = open_run(args.run, [f"data_dir={args.data_dir}"], splits=("dev",))
-        adapter = args.out / "adapter"
-        if not adapter.exists():
-            export_task(run, None if not run.adapted.method.task_routed else run.tasks[0].name, adapter)
         models[f"adapter ({Path(args.run).name})"] = compare(
-            run, args.out / "run", args.lm_eval_python, str(adapter)
+            run, args.out / "run", args.lm_eval_python, trained=True
         )
     version = subprocess.run(
         [args.lm_eval_python, "-c", "import importlib.metadata as m; print(m.version('lm_eval'))"],
