@@ -140,3 +140,13 @@ def build_base(
     else:
         raise ValueError(arch)
     return model.eval()
+
+
+def generative_base(arch: str, tok, **config) -> nn.Module:
+    """A tiny random "llama" or "t5" whose special token ids are those of the word tokenizer `tok`."""
+    ids = {"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
+    if arch == "llama":
+        ids |= {"bos_token_id": tok.bos_token_id, "max_position_embeddings": 128}
+    else:
+        ids |= {"decoder_start_token_id": tok.pad_token_id}
+    return build_base(arch, vocab=len(tok), **ids, **config)

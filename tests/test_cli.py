@@ -189,18 +189,11 @@ def _tokenizer(corpus: list[str], encoder: bool):
     return word_tokenizer(corpus, specials=SPECIALS)
 
 
-@pytest.fixture(scope="session")
-def model_dirs(tmp_path_factory, glue_data) -> dict[str, Path]:
-    """{family: folder} of tiny random models with their tokenizers, plus a ViT (non-text) config."""
-    from transformers import ViTConfig
-
-    root = tmp_path_factory.mktemp("models")
-    corpus = _corpus(glue_data)
-    text_tok, enc_tok = _tokenizer(corpus, encoder=False), _tokenizer(corpus, encoder=True)
-    vocab = len(text_tok)
-    assert text_tok.pad_token_id == 0
-    eos, bos = text_tok.eos_token_id, text_tok.bos_token_id
-    torch.manual_seed(0)  # one seed for the three models, drawn in turn
+def save_tiny_models(root: Path, text_tok, enc_tok, t5_tok=None) -> dict[str, Path]:
+    """{family: folder} of a tiny random Llama, T5 (with `t5_tok`, else `text_tok`) and BERT (with
+    `enc_tok`), saved with their tokenizers; one seed for the three models, drawn in turn."""
+    vocab, eos, bos = len(text_tok), text_tok.eos_token_id, text_tok.bos_token_id
+    torch.manual_seed(0)
     built = {
         "decoder": (
             build_base(
@@ -213,7 +206,7 @@ def model_dirs(tmp_path_factory, glue_data) -> dict[str, Path]:
             ),
             text_tok,
         ),
-        "seq2seq": (build_base("t5", vocab=vocab, seed=None, eos_token_id=eos), text_tok),
+        "seq2seq": (build_base("t5", vocab=vocab, seed=None, eos_token_id=eos), t5_tok or text_tok),
         "encoder": (
             build_base("bert", vocab=vocab, seed=None, max_position_embeddings=128, pad_token_id=0),
             enc_tok,
@@ -224,6 +217,19 @@ def model_dirs(tmp_path_factory, glue_data) -> dict[str, Path]:
         dirs[family] = root / family
         model.save_pretrained(dirs[family])
         tokenizer.save_pretrained(dirs[family])
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory, glue_data) -> dict[str, Path]:
+    """{family: folder} of tiny random models with their tokenizers, plus a ViT (non-text) config."""
+    from transformers import ViTConfig
+
+    root = tmp_path_factory.mktemp("models")
+    corpus = _corpus(glue_data)
+    text_tok, enc_tok = _tokenizer(corpus, encoder=False), _tokenizer(corpus, encoder=True)
+    assert text_tok.pad_token_id == 0
+    dirs = save_tiny_models(root, text_tok, enc_tok)
     dirs["vit"] = root / "vit"
     ViTConfig(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast
 
-from helpers import build_base, word_tokenizer
+from helpers import build_base, generative_base, word_tokenizer
 from rankmix import LoRAConfig, MoREConfig, get_model
 from rankmix.data.collate import IGNORE
 from rankmix.families import FAMILIES
@@ -62,27 +62,14 @@ def randomize_lora(model, seed: int = 3, std: float = 0.3) -> None:
 
 
 def build_decoder(tok, dropout: float = 0.0):
-    base = build_base(
-        "llama",
-        vocab=len(tok),
-        max_position_embeddings=128,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    base = generative_base("llama", tok)
     model = get_model(base, LoRAConfig(r=4, dropout=dropout))
     randomize_lora(model)
     return model.eval()
 
 
 def build_seq2seq(tok, dropout: float = 0.0):
-    base = build_base(
-        "t5",
-        vocab=len(tok),
-        decoder_start_token_id=tok.pad_token_id,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    base = generative_base("t5", tok)
     model = get_model(base, LoRAConfig(r=4, dropout=dropout))
     randomize_lora(model)
     return model.eval()

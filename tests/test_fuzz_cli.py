@@ -524,6 +524,13 @@ def final_output_dirs(argv: list[str], doc: object, recipe: Path | None, work: P
     return [path] if path else []
 
 
+def train_case(argv: list[str], work: Path, template: Path, doc, recipe: Path | None) -> int:
+    """`rankmix train ARGV` in `work`, checked against the recipe `doc` it trains; its exit code."""
+    code, out, _ = run_case("train", argv, work, template, output_dirs(argv, recipe, work), diverged_ok=True)
+    check_trained(code, out, argv, doc, recipe, work)
+    return code
+
+
 def check_trained(code: int, out: str, argv: list[str], doc: object, recipe: Path | None, work: Path) -> None:
     """A train case that exits 0 (and was not a --help) has trained: results and adapter are there."""
     if code != 0 or out.startswith("usage:"):
@@ -564,11 +571,7 @@ def test_train_argv(tmp_path, template):
             named = [Path(location(a, work)) for a in argv if a in RECIPES and a]
             recipe, argv = (named[0] if named else None), [place(a, work) for a in argv]
             doc = recipe_doc(recipe)
-            code, out, _ = run_case(
-                "train", argv, work, template, output_dirs(argv, recipe, work), diverged_ok=True
-            )
-            check_trained(code, out, argv, doc, recipe, work)
-            outcomes[code] += 1
+            outcomes[train_case(argv, work, template, doc, recipe)] += 1
 
     case()
     outcomes.require(0, 2)
@@ -586,11 +589,7 @@ def test_train_one_set_item(tmp_path, template):
         with workspace(tmp_path, template) as work:
             recipe = work / "recipe.yaml"
             argv = ["recipe.yaml", "--no-progress", "--set", place(item, work)]
-            code, out, _ = run_case(
-                "train", argv, work, template, output_dirs(argv, recipe, work), diverged_ok=True
-            )
-            check_trained(code, out, argv, GOOD, recipe, work)
-            outcomes[code] += 1
+            outcomes[train_case(argv, work, template, GOOD, recipe)] += 1
 
     case()
     outcomes.require(0, 2)
@@ -709,9 +708,7 @@ def test_train_recipe_files(tmp_path, template):
             note(f"recipe: {data!r}")
             argv = ["fuzzed.yaml", *[a for g in extra for a in g]]
             doc = recipe_doc(recipe)
-            allowed = output_dirs(argv, recipe, work)
-            code, out, _ = run_case("train", argv, work, template, allowed, diverged_ok=True)
-            check_trained(code, out, argv, doc, recipe, work)
+            code = train_case(argv, work, template, doc, recipe)
             outcomes[code] += 1
 
     case()

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import build_base, word_tokenizer
+from helpers import build_base, generative_base, word_tokenizer
 from rankmix import HiLoConfig, LoRAConfig, MoREConfig, get_model
 from rankmix.data.collate import continuation_ids, pad_features, pad_id
 from rankmix.families import FAMILIES
@@ -103,22 +103,7 @@ ADAPTERS = {
 
 def base(family: str):
     tok = tokenizer("llama" if family == "decoder" else "t5")
-    if family == "decoder":
-        return build_base(
-            "llama",
-            vocab=len(tok),
-            max_position_embeddings=128,
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-    return build_base(
-        "t5",
-        vocab=len(tok),
-        decoder_start_token_id=tok.pad_token_id,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    return generative_base("llama" if family == "decoder" else "t5", tok)
 
 
 @cache

@@ -23,12 +23,23 @@ import pytest
 import torch
 import yaml
 
-from helpers import build_base, word_tokenizer
+from helpers import word_tokenizer
 from rankmix.recipes.evaluate import evaluate
 from rankmix.recipes.run import open_run
 from rankmix.tasks import Example, get_task, synthetic
 from rankmix.tasks.kinds import Generation
-from test_cli import DATA, SPECIALS, _tokenizer, copy_run, fails, ok, read_jsonl, recipe_dict, write_recipe
+from test_cli import (
+    DATA,
+    SPECIALS,
+    _tokenizer,
+    copy_run,
+    fails,
+    ok,
+    read_jsonl,
+    recipe_dict,
+    save_tiny_models,
+    write_recipe,
+)
 
 PIQA = DATA / "commonsense" / "piqa"
 needs_piqa = pytest.mark.skipif(not (PIQA / "dev.json").is_file(), reason=f"PIQA files not found in {PIQA}")
@@ -123,33 +134,8 @@ def models(tmp_path_factory, data) -> dict[str, Path]:
     lines = corpus(data["dir"])
     text_tok, enc_tok = _tokenizer(lines, encoder=False), _tokenizer(lines, encoder=True)
     t5_tok = word_tokenizer(lines, template="t5", specials=SPECIALS)
-    vocab, eos, bos = len(text_tok), text_tok.eos_token_id, text_tok.bos_token_id
-    assert text_tok.pad_token_id == 0 and len(t5_tok) == len(enc_tok) == vocab
-    torch.manual_seed(0)
-    built = {
-        "decoder": (
-            build_base(
-                "llama",
-                vocab=vocab,
-                seed=None,
-                max_position_embeddings=128,
-                bos_token_id=bos,
-                eos_token_id=eos,
-            ),
-            text_tok,
-        ),
-        "seq2seq": (build_base("t5", vocab=vocab, seed=None, eos_token_id=eos), t5_tok),
-        "encoder": (
-            build_base("bert", vocab=vocab, seed=None, max_position_embeddings=128, pad_token_id=0),
-            enc_tok,
-        ),
-    }
-    dirs = {}
-    for family, (model, tokenizer) in built.items():
-        dirs[family] = root / family
-        model.save_pretrained(dirs[family])
-        tokenizer.save_pretrained(dirs[family])
-    return dirs
+    assert text_tok.pad_token_id == 0 and len(t5_tok) == len(enc_tok) == len(text_tok)
+    return save_tiny_models(root, text_tok, enc_tok, t5_tok)
 
 
 class KindRuns:
