@@ -113,8 +113,10 @@ def measure(args: argparse.Namespace) -> dict:
 
 def table(data: dict) -> str:
     lines = [
-        f"Command: `python benchmarks/eval_speed.py --data-dir ...` ({data['recipe']}, its dev draw, "
-        f"batches of {data['batch_size']} rows, max_length {data['max_length']}, "
+        "Command: `python benchmarks/eval_speed.py "
+        + " ".join(["--data-dir DATA", *(f"--set {o}" for o in data["overrides"][1:])])
+        + f"` ({data['recipe']}, its dev draw, batches of {data['batch_size']} rows, "
+        f"max_length {data['max_length']}, "
         f"{data['torch_threads']} threads; commit {data['provenance']['git_commit'][:7]}).",
         "",
         "| task | rows | per option (s) | shared prefix (s) | speed-up | acc | acc_norm | same picks | "
