@@ -1288,7 +1288,7 @@ def test_export_all_tasks_reproduces_the_run_in_stock_peft(runs, model_dirs, fam
 
     run_dir, _ = runs.get(family)
     ok("export-lora", run_dir, "--all-tasks", "--out", tmp_path / "all")
-    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == sorted(TASKS)
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == [".rankmix-output", *sorted(TASKS)]
     reference = reference_model(model_dirs, family, run_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dirs[family])
     heads = load_file(str(run_dir / "adapter" / "heads.safetensors")) if family == "encoder" else None
@@ -1480,7 +1480,7 @@ def test_merge_into_a_folder_that_holds_files_is_refused(runs, capsys, tmp_path)
     (out / "config.json").write_text("mine")
     for command in ("merge", "export-lora"):
         err = fails(capsys, command, run, "--task", "rte", "--out", out)
-        assert "already holds files" in err
+        assert "already holds config.json" in err
     assert _tree(out) == {"config.json": b"mine"}
 
 
@@ -1677,3 +1677,202 @@ def test_eval_of_an_encoder_recipe_is_refused(runs, capsys):
 def test_eval_of_a_runs_own_run_yaml_evaluates_the_run(runs):
     run = runs.get("decoder")[0]
     assert ok("eval", run / "run.yaml") == ok("eval", run)
+
+
+# -- names that become paths, and what --out may replace (README: what rankmix guarantees) --------------
+def _custom_task(folder: Path, name: object, rows: list[str] | None = None) -> Path:
+    """A classification task file named `name` over a few JSON-lines rows (written as given, if given)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = rows or [json.dumps({"text": f"a b {i}", "label": "yes" if i % 2 else "no"}) for i in range(8)]
+    (folder / "rows.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    spec = {
+        "name": name,
+        "data": {"train": "rows.jsonl", "dev": "rows.jsonl"},
+        "text_fields": ["text"],
+        "label_field": "label",
+        "labels": ["no", "yes"],
+    }
+    return write_recipe(folder / "task.yaml", spec)
+
+
+@pytest.mark.parametrize("name", ["../../escape", "/abs/victim", "a/b", ".hidden", "x" * 65, "tab\tname"])
+def test_a_task_name_that_is_not_a_name_is_refused_before_any_work(bad, capsys, tmp_path, name):
+    """Task names become folder names (export-lora --all-tasks): '/', '..', hidden and overlong names are
+    refused when the task file is loaded, with the rule, before anything is written."""
+    task_file = _custom_task(tmp_path / "task", name)
+
+    def custom(data):
+        data.update(tasks=[name], custom_tasks=[str(task_file)])
+
+    recipe, out = bad(custom)
+    err = fails(capsys, "train", recipe, "--no-progress")
+    assert "not a usable name" in err and "letters, digits" in err
+    assert not out.exists()
+
+
+def test_names_become_paths_only_inside_their_folder(tmp_path):
+    """The one place that turns a name into a path: the rule, and a link of that name is refused."""
+    from rankmix.files import child
+
+    assert child(tmp_path, "rte.v2-x_1", "task") == tmp_path / "rte.v2-x_1"
+    for name in ("..", "../x", "/x", "", "-x", "é"):
+        with pytest.raises(ValueError, match="not a usable name"):
+            child(tmp_path, name, "task")
+    (tmp_path / "rte").symlink_to(tmp_path.parent)
+    with pytest.raises(ValueError, match="symbolic link"):
+        child(tmp_path, "rte", "task")
+
+
+def test_plot_merge_and_export_replace_only_a_folder_they_wrote(runs, capsys, tmp_path):
+    """A folder output is new, empty, or one the same command wrote and nothing else wrote into: a user's
+    files in it are never replaced, and another command's folder is refused."""
+    run = runs.get("decoder")[0]
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    (users / "allocation.png").write_text("my picture")
+    for args in (["plot", run], ["merge", run, "--task", "rte"], ["export-lora", run, "--task", "rte"]):
+        err = fails(capsys, *args, "--out", users)
+        assert "already holds allocation.png, notes.txt" in err
+    assert _tree(users) == {"notes.txt": b"mine", "allocation.png": b"my picture"}
+
+    plots = tmp_path / "plots"
+    first = ok("plot", run, "--out", plots)
+    assert ok("plot", run, "--out", plots) == first  # its own folder: written again
+    lora = tmp_path / "lora"
+    ok("export-lora", run, "--all-tasks", "--out", lora)
+    ok("export-lora", run, "--task", "rte", "--out", lora)  # the same command, replaced whole
+    assert sorted(p.name for p in lora.iterdir() if not p.name.startswith(".")) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    err = fails(capsys, "merge", run, "--task", "rte", "--out", plots)  # another command's folder
+    assert "already holds" in err and "rankmix merge" in err
+    (plots / "notes.txt").write_text("mine")
+    err = fails(capsys, "plot", run, "--out", plots)
+    assert "already holds notes.txt" in err
+    assert (plots / "notes.txt").read_text() == "mine"
+
+
+def test_a_file_output_never_replaces_an_input_a_recipe_or_a_runs_file(runs, capsys, tmp_path):
+    """--out is refused where it would replace the command's input (even with --force), a recipe it reads,
+    or a file in a run folder; an existing file of the user's only with --force."""
+    run = runs.get("decoder")[0]
+    rows = tmp_path / "in.jsonl"
+    rows.write_text(json.dumps({"text_a": "a b"}) + "\n")
+    config = run / "adapter" / "adapter_config.json"
+    recipe = runs.root / "decoder-more.yaml"
+    before = {p: p.read_bytes() for p in (rows, config, recipe)}
+    for args, expected in (
+        (["predict", run, "--task", "cola", "--input", rows, "--out", rows], "input"),
+        (["predict", run, "--task", "cola", "--input", rows, "--out", rows, "--force"], "input"),
+        (["eval", run, "--out", config, "--force"], "inside the run folder"),
+        (["eval", recipe, "--out", recipe, "--force"], "input"),
+    ):
+        assert expected in fails(capsys, *args)
+    assert {p: p.read_bytes() for p in before} == before
+
+    mine = tmp_path / "results.json"
+    mine.write_text("mine")
+    assert "--force" in fails(capsys, "eval", run, "--out", mine)
+    assert mine.read_text() == "mine"
+    ok("eval", run, "--out", mine, "--force")
+    assert "rte" in json.loads(mine.read_text())
+
+
+@pytest.mark.parametrize("name", [".rankmix-lock", "metrics.jsonl"])
+def test_a_hard_link_in_a_run_folder_is_refused(runs, capsys, tmp_path, name):
+    """A run file that is a hard link to a user's file would be written into: refused, the file kept."""
+    run = copy_run(runs.get("decoder")[0], tmp_path / "run")
+    users = tmp_path / "users.txt"
+    users.write_text("mine\n")
+    (run / name).unlink(missing_ok=True)
+    os.link(users, run / name)
+    err = fails(capsys, "train", runs.root / "decoder-more.yaml", "--set", f"output_dir={run}")
+    assert "hard link" in err and name in err
+    assert users.read_text() == "mine\n"
+
+
+def test_a_runs_adapter_that_is_a_file_is_refused(runs, capsys, tmp_path):
+    """RUN/adapter replaced by a file: training refuses to resume there, and eval says what is wrong."""
+    run = copy_run(runs.get("decoder")[0], tmp_path / "run")
+    shutil.rmtree(run / "adapter")
+    (run / "adapter").write_text("mine")
+    err = fails(capsys, "train", runs.root / "decoder-more.yaml", "--set", f"output_dir={run}")
+    assert "adapter is a file where a run keeps its folder" in err
+    assert "adapter" in fails(capsys, "eval", run) and (run / "adapter").read_text() == "mine"
+
+
+def test_deeply_nested_json_is_a_one_line_error(runs, bad, capsys, tmp_path):
+    """A JSON line nested 100,000 levels deep, in predict's input or a task's data: exit 2, one line."""
+    nested = "[" * 100_000 + "]" * 100_000
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(nested + "\n")
+    err = fails(capsys, "predict", runs.get("decoder")[0], "--task", "cola", "--input", rows)
+    assert "line 1" in err and "nested too deeply" in err
+    task_file = _custom_task(tmp_path / "task", "deep", rows=[nested])
+    recipe, _ = bad(lambda d: d.update(tasks=["deep"], custom_tasks=[str(task_file)], strict=True))
+    assert "nested too deeply" in fails(capsys, "train", recipe, "--no-progress")
+
+
+def test_an_adapter_config_without_settings_is_a_one_line_error(runs, capsys, tmp_path):
+    """`"adapter": null` in adapter_config.json: a clear error naming the file, not a TypeError."""
+    run = copy_run(runs.get("decoder")[0], tmp_path / "run")
+    config = run / "adapter" / "adapter_config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"adapter": None}))
+    err = fails(capsys, "eval", run)
+    assert str(config) in err and "'adapter' entry" in err
+
+
+def test_missing_inputs_are_named_with_the_fix(bad, capsys, tmp_path):
+    """A missing custom-task file, a missing model folder, a data file that is a folder, a run before its
+    first adapter: each message names the thing and what to do."""
+    missing = tmp_path / "nowhere" / "task.yaml"
+    recipe, _ = bad(lambda d: d.update(tasks=["t_missing"], custom_tasks=[str(missing)]))
+    err = fails(capsys, "train", recipe, "--no-progress")
+    assert str(missing) in err and "custom_tasks" in err and "Errno" not in err
+
+    recipe, _ = bad(lambda d: d.update(model=str(tmp_path / "models" / "tiny")))
+    err = fails(capsys, "train", recipe, "--no-progress")
+    assert "model folder" in err and "does not exist" in err and "Repo id" not in err
+
+    task_file = _custom_task(tmp_path / "task", "t_folder")
+    (tmp_path / "task" / "rows.jsonl").unlink()
+    (tmp_path / "task" / "rows.jsonl").mkdir()
+    recipe, _ = bad(lambda d: d.update(tasks=["t_folder"], custom_tasks=[str(task_file)]))
+    assert "is a folder" in fails(capsys, "train", recipe, "--no-progress")
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".rankmix-run").write_text("{}")
+    (run / "run.yaml").write_text("{}")
+    err = fails(capsys, "eval", run)
+    assert "no adapter" in err and "first" in err
+
+
+def test_memory_sizes_in_messages_have_a_readable_unit():
+    """RANKMIX_MEMORY_LIMIT=1 once read "0.00 GB, more than the 0.00 GB": each size keeps its digits."""
+    from rankmix.sizing import _size
+
+    sizes = [_size(n) for n in (1, 999, 1500, 12_500_000, 3e9)]
+    assert sizes == ["1 B", "999 B", "1.50 kB", "12.50 MB", "3.00 GB"]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_row(runs, bad, tmp_path):
+    """A JSON-lines file saved with a UTF-8 BOM: training reads every row, predict reads the file."""
+    from rankmix.tasks.custom import load_custom_task
+
+    task_file = _custom_task(tmp_path / "task", "bom")
+    rows = tmp_path / "task" / "rows.jsonl"
+    rows.write_bytes(b"\xef\xbb\xbf" + rows.read_bytes())
+    examples, _ = load_custom_task(task_file).load("train", None, strict=True)
+    assert len(examples) == 8
+    predict_rows = tmp_path / "in.jsonl"
+    predict_rows.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text_a": "a b"}).encode() + b"\n")
+    out = ok("predict", runs.get("decoder")[0], "--task", "cola", "--input", predict_rows)
+    assert len(out.splitlines()) == 1
+
+
+def test_generate_mode_on_an_encoder_reads_as_english(runs, capsys):
+    err = fails(capsys, "eval", runs.get("encoder")[0], "--mode", "generate")
+    assert "an encoder model can only score" in err

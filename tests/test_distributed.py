@@ -289,6 +289,9 @@ def _evaluate_and_route(recipe: Path) -> dict:
         def check(self, tasks, mode):
             family.check(tasks, mode)
 
+        def check_rows(self, *args):
+            family.check_rows(*args)
+
         def predict(self, model, tokenizer, task, ids, chunk, *rest):
             seen.append(len(chunk))
             return family.predict(model, tokenizer, task, ids, chunk, *rest)

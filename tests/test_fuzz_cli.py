@@ -24,6 +24,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import shutil
 import stat
 from collections import Counter
@@ -216,6 +217,16 @@ def location(value: object, work: Path) -> str | None:
     return os.path.normpath(os.path.join(work, place(value, work)))
 
 
+def replaced(value: str, work: Path, inputs: list[str], force: bool) -> bool:
+    """Whether a file --out at `value` would replace what it must not (README: what rankmix guarantees
+    about your files): an input of the command (even with --force), a file of the trained run, or any
+    existing file without --force."""
+    path = Path(location(value, work))
+    if any(path == Path(location(i, work)) for i in inputs) or path.is_relative_to(work / "run"):
+        return True
+    return path.is_file() and not force
+
+
 def blocked(value: str, work: Path, folder: bool = False) -> bool:
     """Whether no file (`folder`: no folder) can be made at the path `value` names, as the working folder
     is now: it is a folder (a file), or a file lies on the way to it."""
@@ -309,6 +320,9 @@ PATHS = [
     f"{WORK}out/abs.json",
     f"{WORK}empty",
     f"{WORK}notes.txt/sub",
+    "rows.jsonl",
+    "recipe.yaml",
+    "task/fz.yaml",
 ]
 segments = st.sampled_from(["a", "b c", "ü", "x.json", ".h", "new", "notes.txt", "empty", "run"])
 paths = st.sampled_from(PATHS) | st.lists(segments, min_size=1, max_size=3).map("/".join)
@@ -771,10 +785,14 @@ def _fold_spec(changes: list[tuple]) -> dict:
     return spec
 
 
+NAMES = ["fz", "../escape", "../../x", "/abs/victim", "a/b", "..", ".h", "-x", "x" * 65, "ü", "fz.v2", ""]
+
+
 def test_train_custom_task_files(tmp_path, template):
     """`rankmix train` on a recipe with a generated custom task file (a mutation of a good one, or
     broken bytes) over generated data files (JSON lines with wrong fields, invalid JSON, non-UTF-8
-    bytes, empty files)."""
+    bytes, empty files); or the good task under a generated name ('/', '..', hidden, too long), which
+    trains only if it is a usable file name."""
     outcomes = Outcomes()
 
     @fuzz(150)
@@ -783,8 +801,11 @@ def test_train_custom_task_files(tmp_path, template):
         train=good_files | good_files | jsonl(jsonl_lines),  # good twice: the task trains only on good data
         dev=good_files | good_files | jsonl(jsonl_lines),
         tasks=st.just(["fz"]) | st.sampled_from([["cola", "fz"], ["fz", "fz"], ["cola"]]),
+        name=st.none() | st.sampled_from(NAMES),
     )
-    def case(spec, train, dev, tasks):
+    def case(spec, train, dev, tasks, name):
+        if name is not None:  # the good task under a generated name, which the recipe lists
+            spec, tasks = yaml.safe_dump(dict(CUSTOM, name=name)).encode(), [name]
         with workspace(tmp_path, template) as work:
             (work / "task" / "fz.yaml").write_bytes(spec)
             (work / "task" / "train.jsonl").write_bytes(train)
@@ -796,6 +817,8 @@ def test_train_custom_task_files(tmp_path, template):
             allowed = output_dirs(argv, work / "custom.yaml", work)
             code, out, _ = run_case("train", argv, work, template, allowed)
             check_trained(code, out, argv, recipe, work / "custom.yaml", work)
+            if name is not None and code == 0:
+                assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", name), f"task name {name!r} accepted"
             outcomes[code] += 1
 
     case()
@@ -813,6 +836,7 @@ def test_eval_argv(tmp_path, template):
     outcomes = Outcomes()
     eval_options = options(
         paths.map(lambda p: ["--out", p]),
+        st.just(["--force"]),
         st.sampled_from(["score", "generate", "", "nope"]).map(lambda m: ["--mode", m]),
         max_size=4,
     )
@@ -854,17 +878,19 @@ def test_eval_one_set_item(tmp_path, template):
 
 
 def test_eval_out(tmp_path, template):
-    """`rankmix eval run --out PATH`, all else good: a PATH that is a folder, or has a file on its way,
-    is refused with a message naming it; any other gets the results as JSON."""
+    """`rankmix eval run --out PATH [--force]`, all else good: a PATH that is a folder, or has a file on its
+    way, or would replace an input, a run's file or (without --force) an existing file, is refused with
+    a message naming it; any other gets the results as JSON."""
 
-    @fuzz(30)
-    @given(out=paths)
-    def case(out):
+    @fuzz(40)
+    @given(out=paths, force=st.booleans())
+    def case(out, force):
         with workspace(tmp_path, template) as work:
             out = place(out, work)
-            refused = bool(out) and blocked(out, work)
+            refused = bool(out) and (blocked(out, work) or replaced(out, work, ["run"], force))
             allowed = [location(out, work)] if out else []
-            code, _, err = run_case("eval", ["run", f"--out={out}"], work, template, allowed)
+            argv = ["run", f"--out={out}", *(["--force"] if force else [])]
+            code, _, err = run_case("eval", argv, work, template, allowed)
             if refused:
                 assert code == 2, f"--out {out} accepted"
                 named = (out, location(out, work))
@@ -918,6 +944,7 @@ def test_predict_argv(tmp_path, template):
         st.sampled_from(INPUTS).map(lambda p: ["--input", p]),
         text_fields.map(lambda t: ["--text", t]),
         paths.map(lambda p: ["--out", p]),
+        st.just(["--force"]),
         st.sampled_from(["score", "generate", "nope"]).map(lambda m: ["--mode", m]),
         batch_sizes.map(lambda b: ["--batch-size", b]),
         max_size=6,
@@ -969,15 +996,17 @@ def test_predict_one_bad_value(tmp_path, template):
         text=text_fields | st.sampled_from(["", " ", "\t\n", "the cat chased the dog ."]),
         mode=st.sampled_from(["score", "generate", None]),
         out=st.none() | paths,
+        force=st.booleans(),
     )
-    def case(size, text, mode, out):
+    def case(size, text, mode, out, force):
         bad = [name for name, wrong in (("--batch-size", size < 1), ("--text", not text.strip())) if wrong]
         with workspace(tmp_path, template) as work:
             out = out and place(out, work)
             argv = ["run", "--task", "cola", f"--batch-size={size}", f"--text={text}", "--device", "cpu"]
             argv += [f"--mode={mode}"] if mode else []
             argv += [f"--out={out}"] if out else []
-            bad += [out] if out and blocked(out, work) else []
+            argv += ["--force"] if force else []
+            bad += [out] if out and (blocked(out, work) or replaced(out, work, [], force)) else []
             code, stdout, err = run_case(
                 "predict", argv, work, template, [location(out, work)] if out else []
             )

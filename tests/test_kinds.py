@@ -10,21 +10,24 @@ import json
 import math
 import random
 import re
+import warnings
 from functools import cache
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from helpers import build_base, generative_base, word_tokenizer
 from rankmix import HiLoConfig, LoRAConfig, MoREConfig, get_model
 from rankmix.data.collate import continuation_ids, pad_features, pad_id
-from rankmix.families import FAMILIES
+from rankmix.families import FAMILIES, GenerativeFamily
 from rankmix.heads import MultiTaskHeads
 from rankmix.layers import TaskRankSelector, TokenRouter
-from rankmix.recipes.evaluate import evaluate, predict
+from rankmix.recipes.evaluate import check_mode, evaluate, predict
 from rankmix.tasks import Example, Task, compute, get_task
+from rankmix.tasks.custom import load_custom_task
 from rankmix.tasks.kinds import Choice, Generation, MultipleChoice
 from rankmix.tasks.metrics import normalize
 
@@ -334,6 +337,37 @@ def test_task_score_of_multiple_choice_is_acc_norm():
     )
 
 
+def softmax(values: list[float]) -> list[float]:
+    top = max(values)
+    exps = [math.exp(v - top) for v in values]
+    return [e / sum(exps) for e in exps]
+
+
+def test_a_pick_is_scored_by_the_criterion_that_picked_it():
+    """`predict`'s record of a multiple-choice row: the acc_norm pick, and its probability under acc_norm
+    (softmax over the options of the log-likelihood per character), never the acc probability of
+    another criterion's pick: so the pick has the largest score, at least 1/options. On an encoder,
+    the softmax of the head logits that picked it."""
+    rng = random.Random(3)
+    differ = 0
+    for _ in range(30):
+        choices = tuple(f"{'x' * rng.randint(1, 40)} {i}" for i in range(8))
+        example = Example("q", None, 0, choices)
+        logprobs = [rng.uniform(-80, -0.5) for _ in choices]
+        pred = MC.kind.from_logprobs(MC, example, torch.tensor(logprobs))
+        record = MC.kind.record(MC, example, pred, torch.tensor(logprobs))
+        per_char = softmax([lp / len(c) for lp, c in zip(logprobs, choices, strict=True)])
+        pick = per_char.index(max(per_char))
+        assert record == {"choice": choices[pick], "index": pick, "score": pytest.approx(per_char[pick])}
+        assert record["score"] >= 1 / len(choices)
+        differ += softmax(logprobs)[pick] < 1 / len(choices)  # what acc's probability would have said
+    assert differ
+    logits = torch.tensor([0.5, 2.0, -1.0])
+    example = Example("q", None, 0, ("a", "b", "c"))
+    record = MC.kind.record(MC, example, MC.kind.from_head(MC, logits), logits)
+    assert record == {"choice": "b", "index": 1, "score": pytest.approx(softmax(logits.tolist())[1])}
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -435,6 +469,67 @@ def test_encoder_scores_one_logit_per_option():
         assert pred == Choice(pick, pick)  # no length to normalise: acc_norm is acc
 
 
+# Rows longer than max_length 16 whose options share their start and differ in their last word: a
+# (prompt, option) pair, and a fill-in-the-blank pair (sentence up to the blank filled, rest of it).
+TAILS = ("the sun and the moon over the big red house", "the sun and the moon over the big red car")
+LONG_MC = Example(
+    "the cat sat on a mat and the dog ran fast over the big red car on the road", None, 0, TAILS
+)
+LONG_BLANK = Example(
+    "_ sat on the road over the house and the big red car ran fast on the mat", None, 1, TAILS
+)
+
+
+def cut_by_hand(tok, first: str, second: str, keep: str, max_length: int) -> list[int]:
+    """[CLS] first [SEP] second [SEP] in max_length tokens, the text that is not `keep` cut at its end."""
+    a, b = (tok(text, add_special_tokens=False)["input_ids"] for text in (first, second))
+    room = max_length - 3
+    a, b = (a[: room - len(b)], b) if keep == "second" else (a, b[: room - len(a)])
+    return [tok.cls_token_id, *a, tok.sep_token_id, *b, tok.sep_token_id]
+
+
+@pytest.mark.parametrize("case", ["mc", "fill_blank"])
+def test_encoder_cuts_the_shared_text_of_a_pair_not_the_option(case):
+    """A (prompt, option) pair too long for max_length loses the end of the prompt, a fill-in-the-blank
+    pair the end of the rest of the sentence (both shared by every option), never what tells the
+    options apart: training features and scores are those of the pairs cut so by hand, and no two
+    options tie."""
+    tok, heads = encoder_heads()
+    t, task, example = (1, MC, LONG_MC) if case == "mc" else (2, BLANK, LONG_BLANK)
+    keep = "second" if case == "mc" else "first"
+    ids = [cut_by_hand(tok, a, b, keep, 16) for a, b in encoder_pairs(task, example)]
+    assert len(set(map(tuple, ids))) == len(example.choices)
+    family = FAMILIES["encoder"]
+    assert family.features(tok, t, task, example, 16)["input_ids"] == ids
+    ref = []
+    with torch.no_grad():
+        for row in ids:  # this tokenizer gives no token type ids
+            hidden = heads.body(input_ids=torch.tensor([row]), task_ids=torch.tensor([t])).last_hidden_state[
+                0
+            ]
+            ref.append(heads.heads[t](hidden.mean(0)))
+    got = family.scores(heads, tok, task, torch.tensor([t]), [example], 16)[0]
+    assert torch.allclose(got, torch.cat(ref), atol=1e-5)
+    assert got.unique().numel() == len(example.choices)
+
+
+def test_encoder_warns_once_of_options_it_cannot_tell_apart():
+    """Options that still read the same when the prompt is cut (each alone is longer than max_length):
+    evaluation warns once, naming the task and how many of its rows are so."""
+    tok, heads = encoder_heads()
+    long = "the cat sat on a mat and the dog ran fast over the big red"
+    tied = [
+        Example("a dog", None, 0, (f"{long} car", f"{long} house")),
+        Example("the sun", None, 1, (f"{long} moon", f"{long} road", "sat")),
+    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluate(heads, FAMILIES["encoder"], tok, [RTE, MC], [RTE_EXAMPLES, [*tied, LONG_MC]], 2, 16)
+    said = [str(w.message) for w in caught if "max_length" in str(w.message)]
+    assert len(said) == 1, said
+    assert said[0].startswith("mc: ") and "2 of 3 row(s)" in said[0]
+
+
 # -- generation ------------------------------------------------------------------------------------
 
 
@@ -480,6 +575,16 @@ def test_encoders_refuse_generation():
         FAMILIES[family].check([RTE, GEN, MC])
 
 
+def test_score_mode_asked_for_a_generation_task_is_refused():
+    """`--mode score` would be ignored by a generation task (it generates whatever the mode): refused,
+    naming the task; no mode asked for, or --mode generate, serve it."""
+    with pytest.raises(ValueError, match=r"--mode score: gen is a generation task.*--mode generate"):
+        check_mode([RTE, MC, GEN], "score")
+    for mode in (None, "generate"):
+        check_mode([RTE, MC, GEN], mode)
+    check_mode([RTE, MC], "score")
+
+
 @pytest.mark.parametrize("family", ["decoder", "seq2seq"])
 def test_generation_predicts_the_first_line_of_greedy_generation(family):
     """A generation task is generated whatever the eval mode; batched generation (left-padded prompts
@@ -499,6 +604,38 @@ def test_generation_predicts_the_first_line_of_greedy_generation(family):
         new = out[0, enc["input_ids"].shape[1] :] if family == "decoder" else out[0]
         text = tok.decode(new, skip_special_tokens=True)
         assert pred == text.strip().split("\n")[0].strip()
+
+
+def write_custom_task(folder: Path, name: str, rows: list[dict], **spec) -> Path:
+    """A custom task's YAML over `rows` (its train and dev file), `spec` its other keys."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = {"name": name, "data": {"train": "rows.jsonl", "dev": "rows.jsonl"}, "text_fields": ["q"]} | spec
+    (folder / "task.yaml").write_text(yaml.safe_dump(spec))
+    return folder / "task.yaml"
+
+
+@pytest.mark.parametrize("multiline", [False, True])
+def test_generation_answers_span_lines_where_the_targets_do(tmp_path, monkeypatch, multiline):
+    """A generation task whose targets hold a newline is answered by all the text the model generates
+    (a trained model stops with its end-of-sequence token); one of single-line targets by the first line
+    (the rest is the model talking on). exact_match against the answers cut by that rule, here."""
+    sep = "\n" if multiline else " "
+    targets = [f"the cat{sep}sat on a mat", f"a dog{sep}ran fast", "the sun", f"big{sep}red car"]
+    said = [targets[0], f"{targets[1]}\nand the moon", "the moon", f" {targets[3]}\n"]
+    rows = [{"q": f"what is {i}", "a": t} for i, t in enumerate(targets)]
+    name = f"gen_lines_{multiline}"
+    task = load_custom_task(write_custom_task(tmp_path, name, rows, kind="generation", answer_field="a"))
+    dev, _ = task.load("dev")
+    answer_of = {e.text_a: text for e, text in zip(dev, said, strict=True)}
+    generate = lambda self, model, tok, task, ids, chunk, n: [answer_of[e.text_a] for e in chunk]  # noqa: E731
+    monkeypatch.setattr(GenerativeFamily, "generate", generate)
+    tok, model = adapted("decoder", "lora")
+    got = evaluate(model, FAMILIES["decoder"], tok, [task], [dev], batch_size=3, max_length=64)[name]
+    answers = [text.strip() if multiline else text.strip().split("\n")[0] for text in said]
+    hits = [normalize(a) == normalize(t) for a, t in zip(answers, targets, strict=True)]
+    assert got["exact_match"] == pytest.approx(sum(hits) / len(hits))
+    assert hits[0] and hits[3]  # right answers count, over one line or two
 
 
 # -- the built-in commonsense tasks on the published files ------------------------------------------
@@ -618,3 +755,33 @@ def test_label_word_twin_reads_the_instruction_and_the_answer_word(name):
         word = twin.labels[labelled.label]
         expected = {"false": 0, "true": 1}[word] if name == "boolq" else int(re.sub(r"\D", "", word)) - 1
         assert mc.label == expected
+
+
+# -- custom tasks: templates and rows that cannot be scored -----------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["multiple_choice", "generation"])
+def test_a_template_without_text_a_is_refused_where_every_model_reads_the_prompt(tmp_path, kind):
+    """Every row of such a task would get the same prompt: refused when the task file is loaded."""
+    row = {"q": "which one is cat", "options": ["cat", "dog"], "answer": 0}
+    mc = kind == "multiple_choice"
+    keys = {"choices_field": "options", "answer_field": "answer"} if mc else {"answer_field": "q"}
+    path = write_custom_task(tmp_path, f"no_text_a_{kind}", [row], kind=kind, template="Pick one:", **keys)
+    with pytest.raises(ValueError, match=r"task\.yaml: template 'Pick one:' lacks \{text_a\}.*same prompt"):
+        load_custom_task(path)
+
+
+def test_repeated_options_in_a_task_file_are_refused(tmp_path):
+    """Options equal once stripped (as every reader strips them) would tie: an error naming the file and
+    the line, strict or not."""
+    rows = [
+        {"q": "which one is cat", "options": ["cat", "dog"], "answer": 0},
+        {"q": "which one is dog", "options": ["cat", "dog", " cat "], "answer": 1},
+    ]
+    spec = {"kind": "multiple_choice", "choices_field": "options", "answer_field": "answer"}
+    task = load_custom_task(write_custom_task(tmp_path, "repeated_options", rows, **spec))
+    for strict in (True, False):
+        with pytest.raises(
+            ValueError, match=r"rows\.jsonl, line 2: option 'cat' appears twice.*each option once"
+        ):
+            task.load("train", strict=strict)

@@ -46,6 +46,7 @@ needs_piqa = pytest.mark.skipif(not (PIQA / "dev.json").is_file(), reason=f"PIQA
 
 MC = "kinds_cli_mc"  # the custom multiple-choice task (a name no other test module registers)
 MC_TEMPLATE = "Question: {text_a}\nAnswer:"
+PAIR = "kinds_cli_pair"  # a custom classification task of two text fields, its template showing one
 TRAIN = {  # what every run here trains for: seconds
     "steps": 6,
     "eval_every": 6,
@@ -74,6 +75,18 @@ def mc_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+def pair_rows(n: int, seed: int) -> list[dict]:
+    """Rows of two texts, labelled by whether the second names what the first asks for."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        asked, said = rng.choice(WORDS), rng.choice(WORDS)
+        rows.append(
+            {"first": f"which one is {asked}", "second": said, "same": "yes" if said == asked else "no"}
+        )
+    return rows
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -82,7 +95,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
     """{"dir": a data_dir holding a few PIQA rows (where ../shared/data has them), "mc": the custom
-    multiple-choice task's YAML beside its train and dev files}."""
+    multiple-choice task's YAML beside its train and dev files, "pair": the custom pair task's}."""
     root = tmp_path_factory.mktemp("kinds-data")
     if (PIQA / "dev.json").is_file():
         piqa = root / "commonsense" / "piqa"
@@ -90,32 +103,43 @@ def data(tmp_path_factory) -> dict[str, Path]:
         for split, n in N_PIQA.items():
             rows = json.loads((PIQA / f"{split}.json").read_text(encoding="utf-8"))[:n]
             (piqa / f"{split}.json").write_text(json.dumps(rows))
-    mc = root / "mc"
-    mc.mkdir()
-    write_jsonl(mc / "train.jsonl", mc_rows(24, seed=1))
-    write_jsonl(mc / "dev.jsonl", mc_rows(7, seed=2))
-    spec = {
+    mc_spec = {
         "name": MC,
         "kind": "multiple_choice",
-        "data": {"train": "train.jsonl", "dev": "dev.jsonl"},
         "text_fields": ["question"],
         "choices_field": "options",
         "answer_field": "answer",
         "template": MC_TEMPLATE,
     }
-    (mc / "task.yaml").write_text(yaml.safe_dump(spec))
-    return {"dir": root, "mc": mc / "task.yaml"}
+    pair_spec = {
+        "name": PAIR,
+        "text_fields": ["first", "second"],
+        "label_field": "same",
+        "labels": ["no", "yes"],
+        "template": MC_TEMPLATE,  # without {text_b}: an encoder reads the pair all the same
+    }
+    mc = task_folder(root / "mc", mc_rows(24, seed=1), mc_rows(7, seed=2), mc_spec)
+    pair = task_folder(root / "pair", pair_rows(24, seed=3), pair_rows(6, seed=4), pair_spec)
+    return {"dir": root, "mc": mc, "pair": pair}
 
 
-def corpus(data_dir: Path) -> list[str]:
+def task_folder(folder: Path, train: list[dict], dev: list[dict], spec: dict) -> Path:
+    """A custom task's YAML (`spec` with its data files) beside its train and dev rows; returns the YAML."""
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", train)
+    write_jsonl(folder / "dev.jsonl", dev)
+    spec = {**spec, "data": {"train": "train.jsonl", "dev": "dev.jsonl"}}
+    (folder / "task.yaml").write_text(yaml.safe_dump(spec))
+    return folder / "task.yaml"
+
+
+def corpus(data_dir: Path | None = None) -> list[str]:
     """Every word the tasks here use: the synthetic tasks' lists and templates, the custom task's
-    options, the PIQA rows in their multiple-choice and label-word forms."""
+    options; with `data_dir`, also its PIQA rows in their multiple-choice and label-word forms."""
     lines = [*synthetic.SENTIMENT_TEMPLATES, " ".join(WORDS), "which one is", MC_TEMPLATE]
     for words in (synthetic.POSITIVE, synthetic.NEGATIVE, synthetic.NOUNS, synthetic.ASPECTS):
         lines.append(" ".join(words))
-    names = ["subject", "sentiment"]
-    if (data_dir / "commonsense" / "piqa").is_dir():
-        names += ["piqa", "piqa_labels"]
+    names = ["subject", "sentiment"] + (["piqa", "piqa_labels"] if data_dir else [])
     for name in names:
         task = get_task(name)
         lines += [task.template, " ".join(task.label_words)]
@@ -126,28 +150,39 @@ def corpus(data_dir: Path) -> list[str]:
     return lines
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory, data) -> dict[str, Path]:
-    """{family: folder} of tiny random models (test_cli's shapes) with word tokenizers over `corpus`;
+def tiny_models(root: Path, lines: list[str]) -> dict[str, Path]:
+    """{family: folder} of tiny random models (test_cli's shapes) with word tokenizers over `lines`;
     the T5 tokenizer ends a text with </s>, so that T5 learns where an answer stops."""
-    root = tmp_path_factory.mktemp("kinds-models")
-    lines = corpus(data["dir"])
     text_tok, enc_tok = _tokenizer(lines, encoder=False), _tokenizer(lines, encoder=True)
     t5_tok = word_tokenizer(lines, template="t5", specials=SPECIALS)
     assert text_tok.pad_token_id == 0 and len(t5_tok) == len(enc_tok) == len(text_tok)
     return save_tiny_models(root, text_tok, enc_tok, t5_tok)
 
 
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, data) -> dict[str, Path]:
+    """`tiny_models` over the words of `corpus` without PIQA, so that every run but piqa-old is the same
+    whether or not ../shared/data is there (the vocabulary sets the models' shapes and random draws);
+    where it is, "piqa-decoder": a decoder over a vocabulary that also holds the PIQA rows' words."""
+    root = tmp_path_factory.mktemp("kinds-models")
+    models = tiny_models(root / "kinds", corpus())
+    if (data["dir"] / "commonsense" / "piqa").is_dir():
+        models["piqa-decoder"] = tiny_models(root / "piqa", corpus(data["dir"]))["decoder"]
+    return models
+
+
 class KindRuns:
-    """The training runs of this module, each trained on first use: (family, tasks, recipe extras)."""
+    """The training runs of this module, each trained on first use: (model, tasks, recipe extras)."""
 
     SPECS: ClassVar[dict[str, tuple[str, list[str], dict]]] = {
-        # long enough that each generates a noun (after 6 steps both stop at once: empty answers)
-        "gen-decoder": ("decoder", ["subject", "sentiment"], {"train": {"steps": 20, "eval_every": 20}}),
+        # long enough that each generates words (after 6, or 20, steps the decoder stops at once: empty
+        # answers)
+        "gen-decoder": ("decoder", ["subject", "sentiment"], {"train": {"steps": 40, "eval_every": 40}}),
         "gen-seq2seq": ("seq2seq", ["subject"], {"train": {"steps": 40, "eval_every": 40, "lr": 3e-2}}),
         "mc-decoder": ("decoder", [MC], {"custom_tasks": "mc"}),
         "mc-encoder": ("encoder", [MC], {"custom_tasks": "mc"}),
-        "piqa-old": ("decoder", ["piqa"], {"task_kinds": {"piqa": "classification"}}),
+        "pair-encoder": ("encoder", [PAIR], {"custom_tasks": "pair"}),
+        "piqa-old": ("piqa-decoder", ["piqa"], {"task_kinds": {"piqa": "classification"}}),
     }
 
     def __init__(self, models: dict[str, Path], data: dict[str, Path], root: Path) -> None:
@@ -157,8 +192,8 @@ class KindRuns:
     def recipe(self, name: str, family: str, tasks: list[str], **extra) -> Path:
         train = TRAIN | extra.pop("train", {})
         recipe = recipe_dict(self.models[family], self.root / name, self.data["dir"], tasks=tasks, **train)
-        if extra.pop("custom_tasks", None):
-            recipe["custom_tasks"] = [str(self.data["mc"])]
+        if custom := extra.pop("custom_tasks", None):
+            recipe["custom_tasks"] = [str(self.data[custom])]
         return write_recipe(self.root / f"{name}.yaml", recipe | extra)
 
     def get(self, name: str) -> Path:
@@ -371,7 +406,20 @@ def test_custom_multiple_choice_trains_evaluates_and_predicts(runs, data, family
     for record, row, p, s in zip(records, rows, pick_norm, scores, strict=True):
         assert set(record) == {"choice", "index", "score"}
         assert record["index"] == p and record["choice"] == row["options"][p]
-        assert record["score"] == pytest.approx(float(s.float().softmax(-1)[p]), abs=1e-5)
+        # the pick's probability by the criterion that picked it: per character, on a decoder
+        lengths = [1 if family == "encoder" else len(o) for o in row["options"]]
+        probs = (s.float() / torch.tensor(lengths)).softmax(-1)
+        assert record["score"] == pytest.approx(float(probs[p]), abs=1e-5)
+        assert int(probs.argmax()) == p and record["score"] >= 1 / len(row["options"])
+
+    # options spaced out read as the training reader reads them: stripped, the same records
+    spaced = [
+        {"question": f" {r['question']} ", "options": [f"  {o}   " for o in r["options"]]} for r in rows
+    ]
+    inputs = write_jsonl(tmp_path / "spaced-rows.jsonl", spaced)
+    out = tmp_path / "spaced.jsonl"
+    ok("predict", run_dir, "--task", MC, "--input", inputs, "--out", out, "--batch-size", 3)
+    assert read_jsonl(out) == records
 
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "which one is cat", "options": ["cat", "dog"]}])
     with bad.open("a") as f:
@@ -379,6 +427,62 @@ def test_custom_multiple_choice_trains_evaluates_and_predicts(runs, data, family
     message = fails(capsys, "predict", run_dir, "--task", MC, "--input", bad)
     assert "line 2" in message and "'options'" in message and "multiple-choice" in message
     assert "line 1" not in message
+
+
+def test_predict_refuses_repeated_options(runs, tmp_path, capsys):
+    """Options equal once stripped, as the training reader strips them, would tie: refused, naming the
+    line."""
+    run_dir = runs.get("mc-decoder")
+    twice = write_jsonl(
+        tmp_path / "twice.jsonl",
+        [
+            {"question": "which one is cat", "options": ["cat", "dog"]},
+            {"question": "x", "options": ["cat", " cat"]},
+        ],
+    )
+    message = fails(capsys, "predict", run_dir, "--task", MC, "--input", twice)
+    assert message.startswith(f"{twice}, line 2: option 'cat' appears twice")
+
+
+def test_predict_reads_the_texts_a_task_was_trained_on(runs, data, tmp_path, capsys):
+    """A custom task of two text fields whose template shows only the first: its training reader needs
+    both and an encoder reads the pair, and so does predict: each record is the family's scoring of the
+    row's (first, second), and a row without `second` is refused, naming its line and the field."""
+    run_dir = runs.get("pair-encoder")
+    rows = [{"first": "which one is cat", "second": said} for said in ("cat", "the long road home", "moon")]
+    out = tmp_path / "predicted.jsonl"
+    ok(
+        "predict",
+        run_dir,
+        "--task",
+        PAIR,
+        "--input",
+        write_jsonl(tmp_path / "rows.jsonl", rows),
+        "--out",
+        out,
+    )
+    records = read_jsonl(out)
+
+    run, _ = open_run(run_dir, [])
+    task = run.tasks[0]
+    examples = [Example(r["first"], r["second"], 0) for r in rows]
+    with torch.no_grad():
+        scores = run.family.scores(
+            run.model.eval(), run.tokenizer, task, torch.zeros(3, dtype=torch.long), examples, 64
+        )
+    for record, s in zip(records, scores, strict=True):
+        probs = s.softmax(-1)
+        assert record == {
+            "label": task.labels[int(probs.argmax())],
+            "score": pytest.approx(float(probs.max())),
+        }
+    assert len({r["score"] for r in records}) == len(rows)  # the second text counts
+
+    bad = write_jsonl(tmp_path / "bad.jsonl", [rows[0], {"first": "which one is dog"}])
+    message = fails(capsys, "predict", run_dir, "--task", PAIR, "--input", bad)
+    assert message.startswith(f"{bad}, line 2: ") and "'second'" in message
+    message = fails(capsys, "predict", run_dir, "--task", PAIR, "--text", "which one is cat")
+    assert "takes two texts" in message and "first, second" in message
 
 
 # -- 3. what a model or a command cannot serve: clear errors ---------------------------------------------
@@ -397,6 +501,19 @@ def test_eval_generate_mode_on_an_encoder_run_is_refused(runs, capsys, tmp_path)
     assert "'generate'" in message and "encoder" in message and "decoder or seq2seq" in message
     assert not out.exists()
     assert evaluated(run_dir, out, "--mode", "score")[MC]  # score mode still serves it
+
+
+def test_score_mode_on_a_generation_task_is_refused(runs, capsys, tmp_path):
+    """A generation task generates whatever the mode: `--mode score` is refused, not ignored, by
+    `predict`, `eval RUN` and `eval RECIPE.yaml`, naming the task; without --mode they serve it."""
+    run_dir = runs.get("gen-decoder")
+    recipe = runs.recipe("gen-zero-shot", "decoder", ["sentiment", "subject"])
+    text = ["--task", "subject", "--text", "the film was great"]
+    for args in (["eval", run_dir], ["eval", recipe], ["predict", run_dir, *text]):
+        message = fails(capsys, *args, "--mode", "score", "--device", "cpu")
+        assert message.startswith("--mode score: subject is a generation task")
+        assert "--mode generate" in message
+    assert json.loads(ok("predict", run_dir, *text, "--device", "cpu")).keys() == {"text"}
 
 
 def test_predict_text_on_a_multiple_choice_task_asks_for_input(runs, capsys):

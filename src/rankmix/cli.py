@@ -32,19 +32,21 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .files import check_target, write_json
-    from .recipes.evaluate import format_table
+    from .files import write_json
+    from .recipes.evaluate import check_mode, format_table
+    from .recipes.outputs import check_file_out
     from .recipes.run import evaluate_run, open_run, resolve_device, zero_shot_run
     from .recipes.run_folder import is_run_file
 
     device = resolve_device(args.device)
     if args.out:
-        check_target(args.out, "--out")
+        check_file_out(args.out, [args.adapter], args.force)
     path = Path(args.adapter)
     if path.is_file() and not is_run_file(path):  # a recipe: its base model, zero-shot
         run = zero_shot_run(path, args.set)
     else:  # a run folder, its adapter folder, or the run.yaml of either
         run, _ = open_run(path.parent if path.is_file() else path, args.set, splits=("dev",))
+    check_mode(run.tasks, args.mode)
     results = evaluate_run(run, run.model.to(device), mode=args.mode)
     print(format_table(results))
     if args.out:
@@ -54,7 +56,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     import json
 
-    from .files import check_target, write_text
+    from .files import write_text
+    from .recipes.evaluate import check_mode
+    from .recipes.outputs import check_file_out
     from .recipes.predict import predict_records, read_rows, text_example
     from .recipes.run import check_task, open_run, resolve_device
 
@@ -63,10 +67,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if args.out:
-        check_target(args.out, "--out")
+        check_file_out(args.out, [args.adapter, *([args.input] if args.input else [])], args.force)
     device = resolve_device(args.device)
     run, _ = open_run(args.adapter, args.set)
     task = check_task(run, args.task, with_head=True)
+    check_mode([task], args.mode)
     examples = read_rows(Path(args.input), task) if args.input else [text_example(task, args.text)]
     run.model.to(device)
     mode = args.mode or run.config.eval_mode
@@ -79,22 +84,22 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
-    from .files import check_target
+    from .recipes.outputs import check_folder_out
     from .recipes.run import merge_task, open_run
 
-    check_target(args.out, "--out", folder=True, empty=True)
+    check_folder_out(args.out, "merge")
     run, _ = open_run(args.adapter, args.set)
     out = merge_task(run, args.task, Path(args.out))
     print(f"merged model for task {args.task!r} written to {out}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .files import check_target
+    from .recipes.outputs import check_folder_out
     from .recipes.run import export_all_tasks, export_task, open_run
 
     if args.all_tasks and args.task:
         raise ValueError("pass --task T or --all-tasks, not both")
-    check_target(args.out, "--out", folder=True, empty=True)
+    check_folder_out(args.out, "export-lora")
     run, _ = open_run(args.adapter, args.set)
     if args.all_tasks:
         for path in export_all_tasks(run, Path(args.out)):
@@ -157,12 +162,12 @@ def cmd_tasks(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from .files import check_target
+    from .recipes.outputs import check_folder_out
     from .recipes.run import open_run, plot_run
     from .recipes.run_folder import PLOTS
 
     if args.out:
-        check_target(args.out, "--out", folder=True)
+        check_folder_out(args.out, "plot")
     run, path = open_run(args.adapter, args.set, splits=("dev",))
     for p in plot_run(run, Path(args.out or path.parent / PLOTS)):
         print(p)
@@ -182,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def device(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or mps")
+
+    def force(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--force", action="store_true", help="let --out replace an existing file of yours")
 
     def add(name: str, fn, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
@@ -205,14 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
         "adapter", help="a run folder or its adapter/ folder; or a recipe YAML: its base model, untouched"
     )
     p.add_argument("--mode", choices=["score", "generate"])
-    p.add_argument("--out", help="write the results to this JSON file")
+    p.add_argument("--out", help="write the results to this JSON file (a new one, unless --force)")
+    force(p)
     device(p)
     p = add("predict", cmd_predict, "predict one task's labels (or text) for new inputs, as JSON lines")
     p.add_argument("adapter", help="a run folder or its adapter/ folder")
     p.add_argument("--task", required=True, help="the task to predict")
     p.add_argument("--input", help="a JSON-lines file, one row per input with the task's text fields")
     p.add_argument("--text", help="one input text (for a task that takes one text)")
-    p.add_argument("--out", help="write the JSON lines to this file instead of stdout")
+    p.add_argument("--out", help="write the JSON lines to this file (a new one, unless --force), not stdout")
+    force(p)
     p.add_argument("--mode", choices=["score", "generate"], help="default: the run's eval_mode")
     p.add_argument("--batch-size", type=int, default=16)
     device(p)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .allocation import Profile, parse_profile, per_layer
-from .files import read_utf8, read_yaml, write_json, write_yaml
+from .files import check_name, parse_json, read_utf8, read_yaml, write_json, write_yaml
 from .hints import did_you_mean
 
 SCALINGS = ("rank", "rslora", "constant")
@@ -110,7 +110,7 @@ def _check_tasks(tasks: list[str]) -> list[str]:
         raise ValueError(f"tasks must be a non-empty list of task names, e.g. ['rte', 'mrpc'], got {tasks!r}")
     if len(set(tasks)) != len(tasks):
         raise ValueError(f"tasks must be distinct, got {tasks!r}")
-    return list(tasks)
+    return [check_name(t, "task name") for t in tasks]
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -441,7 +441,7 @@ def load_config(path: str | Path) -> AdapterConfig:
     """Read a config written by `AdapterConfig.save` (JSON or YAML)."""
     text = read_utf8(path, "adapter config")
     try:
-        data = read_yaml(text, str(path)) if Path(path).suffix in (".yaml", ".yml") else json.loads(text)
+        data = read_yaml(text, str(path)) if Path(path).suffix in (".yaml", ".yml") else parse_json(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); fix it and run again") from None
     if not isinstance(data, dict):

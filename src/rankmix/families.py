@@ -1,7 +1,8 @@
 """Model families: how an encoder (with task heads), a decoder or an encoder-decoder is loaded, trained
 and evaluated. Training and evaluation code call a family object; none of it branches on the family.
 
-encoder:  text pair -> tokens; mean-pooled output -> a head per task (classification or regression).
+encoder:  text pair -> tokens; mean-pooled output -> a head per task (classification, regression, one
+          logit per (prompt, option) pair for multiple choice).
 decoder:  prompt + answer -> one sequence, loss on the answer tokens only.
 seq2seq:  prompt -> encoder, answer -> labels (text-to-text, as in the MoRE paper).
 Decoders and T5 are evaluated by scoring every candidate's log-likelihood (`mode="score"`: the label
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import inspect
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -28,8 +30,7 @@ from .data.collate import (
     continuation_ids,
     cut_context,
     decoder_features,
-    encode_encoder,
-    encoder_row,
+    encoder_features,
     pad_features,
     pad_id,
     seq2seq_features,
@@ -73,13 +74,18 @@ class ModelFamily(abc.ABC):
         """Refuse, before any long work, tasks or an evaluation mode this family cannot serve."""
         if mode not in self.modes:
             raise ValueError(
-                f"eval mode {mode!r} needs a decoder or seq2seq model; a {self.name} model can only "
+                f"eval mode {mode!r} needs a decoder or seq2seq model; an {self.name} model can only "
                 f"{' or '.join(self.modes)}"
             )
 
     def wrap(self, adapted: RankMixModel, tasks: Sequence[Task]) -> nn.Module:
         """The module that trains: the adapted model itself, or the adapted body with task heads."""
         return adapted
+
+    def check_rows(self, tokenizer: Any, task: Task, examples: Sequence[Example], max_length: int) -> None:
+        """Warn, before predicting, of rows whose candidates the model cannot tell apart (an encoder's
+        multiple-choice rows cut to max_length)."""
+        return
 
     def heads(self, model: nn.Module) -> nn.ModuleList | None:
         """The task heads of a wrapped model (one per task), if the family has any."""
@@ -147,13 +153,37 @@ class EncoderFamily(ModelFamily):
     def heads(self, model: nn.Module) -> nn.ModuleList | None:
         return model.heads
 
+    def check_rows(self, tokenizer, task, examples, max_length):
+        """One warning naming the multiple-choice rows whose options still read the same after the
+        prompt is cut to max_length (their logits tie: the first of them is picked)."""
+        if not task.kind.needs_choices:
+            return
+        rows = [self.tokens(tokenizer, task, e, max_length)["input_ids"] for e in examples]
+        tied = sum(len({tuple(ids) for ids in row}) < len(row) for row in rows)
+        if tied:
+            warnings.warn(
+                f"{task.name}: in {tied} of {len(examples)} row(s), options differ only beyond "
+                f"max_length ({max_length} tokens) even with the prompt cut, so the encoder cannot tell "
+                "them apart (the first is picked); raise train.max_length or shorten those options",
+                stacklevel=2,
+            )
+
+    def tokens(self, tokenizer: Any, task: Task, example: Example, max_length: int) -> Features:
+        """One example's (text_a, text_b) pairs (its kind's `encoder_pairs`), each encoded and cut to
+        max_length as its kind says (`encoder_truncation`); one sequence per key, or, for several pairs
+        (multiple choice), a list of sequences per key."""
+        truncation = task.kind.encoder_truncation()
+        pairs = task.kind.encoder_pairs(task, example)
+        encoded = [_encode_pair(tokenizer, a, b, max_length, truncation) for a, b in pairs]
+        return encoded[0] if len(encoded) == 1 else {k: [e[k] for e in encoded] for k in encoded[0]}
+
     def features(self, tokenizer, task_index, task, example, max_length):
-        enc = encoder_row(tokenizer, task.kind.encoder_pairs(task, example), max_length)
+        enc = self.tokens(tokenizer, task, example, max_length)
         return enc | {"labels": float(example.label), "task_ids": task_index}
 
     def scores(self, model, tokenizer, task, task_ids, examples, max_length):
-        pairs = [task.kind.encoder_pairs(task, e) for e in examples]
-        enc = {k: v.to(task_ids.device) for k, v in encode_encoder(tokenizer, pairs, max_length).items()}
+        rows = [self.tokens(tokenizer, task, e, max_length) for e in examples]
+        enc = {k: v.to(task_ids.device) for k, v in pad_features(rows, pad_id(tokenizer)).items()}
         logits = model(**enc, task_ids=task_ids).logits.float()
         return [row[row > float("-inf")] for row in logits]  # the widest head pads the others with -inf
 
@@ -365,6 +395,18 @@ def family_of(config: Any) -> ModelFamily:
         f"model type {config.model_type!r} is neither an encoder (BERT-style), a causal decoder nor an "
         "encoder-decoder, so rankmix cannot train it on text tasks; use a text model"
     )
+
+
+def _encode_pair(tokenizer: Any, a: str, b: str | None, max_length: int, truncation: str) -> Features:
+    """`encoder_features` of (a, b), cut by `truncation` (only_first: b kept whole, only_second: a kept
+    whole) where the text kept leaves room for a token of the other; else the longer text first."""
+    if b is not None and truncation != "longest_first":
+        kept = b if truncation == "only_first" else a
+        length = len(tokenizer(kept, add_special_tokens=False)["input_ids"])
+        if length + tokenizer.num_special_tokens_to_add(pair=True) < max_length:
+            enc = tokenizer(a, b, truncation=truncation, max_length=max_length)
+            return {k: v for k, v in enc.items() if k != "attention_mask"}
+    return encoder_features(tokenizer, a, b, max_length)
 
 
 # -- scoring ---------------------------------------------------------------------------------------

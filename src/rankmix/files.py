@@ -29,11 +29,21 @@ _YamlLoader.add_implicit_resolver(
 
 
 def read_utf8(path: str | os.PathLike, what: str) -> str:
-    """A text file's contents; a binary or otherwise non-UTF-8 file is a ValueError naming it."""
+    """A text file's contents, without a UTF-8 byte-order mark (some editors write one); a binary or
+    otherwise non-UTF-8 file is a ValueError naming it."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise ValueError(f"{what} {path} is not a UTF-8 text file; replace it with the right file") from None
+
+
+def parse_json(text: str) -> Any:
+    """json.loads, where nesting too deep for Python's decoder is a JSONDecodeError like any other
+    malformed JSON (not a RecursionError), so every reader names the file and line."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply to read", text, 0) from None
 
 
 def read_yaml(text: str, source: str) -> Any:
@@ -41,11 +51,37 @@ def read_yaml(text: str, source: str) -> Any:
     (a file, or the `--set` item) and where the problem is."""
     try:
         return yaml.load(text, Loader=_YamlLoader)
+    except RecursionError:
+        raise ValueError(f"{source} is nested too deeply to read; fix it and run again") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ValueError(f"{source} is not valid YAML ({problem}{where}); fix it and run again") from None
+
+
+# Names that rankmix turns into file or folder names (tasks: `export-lora --all-tasks` writes OUT/<task>/)
+NAME_RULE = "letters, digits, '_', '-' and '.', not starting with '.' or '-', at most 64 characters"
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def check_name(name: Any, what: str) -> str:
+    """`name` if it can become a file or folder name as it is (no '/', no '..', nothing hidden), else a
+    ValueError with the rule; checked when a name is loaded, before any work."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"{what} {name!r} is not a usable name: a name has {NAME_RULE}; rename it")
+    return name
+
+
+def child(folder: str | os.PathLike, name: str, what: str) -> Path:
+    """The path of `name` inside `folder`, refused if it would lead elsewhere (a checked name cannot, but
+    a symbolic link of that name in `folder` could)."""
+    path = Path(folder) / check_name(name, what)
+    if path.is_symlink():
+        raise ValueError(
+            f"{path} is a symbolic link: rankmix writes {what} {name!r} only inside {folder}; remove the link"
+        )
+    return path
 
 
 def _umask() -> int:
@@ -116,10 +152,9 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_target(path: str | os.PathLike, what: str, folder: bool = False, empty: bool = False) -> Path:
+def check_target(path: str | os.PathLike, what: str, folder: bool = False) -> Path:
     """Refuse, before any work, an output path that cannot be written as asked: a folder where a file
-    goes (or the reverse), a path under a file, a place without write permission, and with `empty` a
-    folder that already holds files (rankmix replaces only what it wrote). Returns the path."""
+    goes (or the reverse), a path under a file, a place without write permission. Returns the path."""
     path = Path(path)
     kind, other = ("folder", "file") if folder else ("file", "folder")
     if path.exists() and path.is_dir() != folder:
@@ -130,9 +165,4 @@ def check_target(path: str | os.PathLike, what: str, folder: bool = False, empty
     writable_in = existing if existing != path or folder else path.parent
     if not os.access(writable_in, os.W_OK | os.X_OK):
         raise ValueError(f"{what} {path}: no permission to write in {writable_in}; choose a {kind} you own")
-    if empty and path.is_dir() and any(path.iterdir()):
-        raise ValueError(
-            f"{what} {path} already holds files, and rankmix writes only into a new or empty folder; "
-            "remove it or choose another"
-        )
     return path

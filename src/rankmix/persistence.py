@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import config_from_dict
-from .files import atomic_write, write_json
+from .files import atomic_write, parse_json, write_json
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -106,13 +106,18 @@ def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} is missing: {folder} is not a rankmix adapter folder")
     try:
-        meta = json.loads(config_file.read_text())
+        meta = parse_json(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{config_file} is corrupted ({e}); save the adapter again") from None
     version = meta.get("format_version") if isinstance(meta, dict) else None
     if version != FORMAT_VERSION or "adapter" not in meta:
         raise ValueError(
             f"{config_file} has format_version {version!r}; this rankmix reads version {FORMAT_VERSION}"
+        )
+    if not isinstance(meta["adapter"], dict) or "method" not in meta["adapter"]:
+        raise ValueError(
+            f"{config_file}: its 'adapter' entry is not the adapter's settings (a mapping with a 'method'); "
+            "the file was edited or damaged: save or copy the adapter again"
         )
     return meta
 

@@ -104,8 +104,12 @@ def _counts(model: nn.Module, config: AdapterConfig, plan: list[_Module]) -> dic
     }
 
 
-def _gb(n: float) -> str:
-    return f"{n / 1e9:,.2f} GB"
+def _size(n: float) -> str:
+    """Bytes in the largest unit (powers of 1000) that keeps a whole number in front: 1 B, 12.5 MB."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return f"{n:,.0f} B"
 
 
 @dataclass(frozen=True)
@@ -137,9 +141,9 @@ class SizeEstimate:
 
     def summary(self) -> str:
         """One line for people: the total and every part."""
-        parts = ", ".join(f"{name} {_gb(size)}" for name, size in self.parts().items())
+        parts = ", ".join(f"{name} {_size(size)}" for name, size in self.parts().items())
         return (
-            f"training needs about {_gb(self.total_bytes)} at batch {self.batch_size} x {self.max_length} "
+            f"training needs about {_size(self.total_bytes)} at batch {self.batch_size} x {self.max_length} "
             f"tokens ({parts}); {self.counts['trainable']:,} trainable parameters"
         )
 
@@ -236,8 +240,8 @@ def check_size(estimate: SizeEstimate, limit: int) -> None:
         return
     largest, size = max(estimate.parts().items(), key=lambda kv: kv[1])
     raise ValueError(
-        f"training needs about {_gb(estimate.total_bytes)}, more than the {_gb(limit)} this process can use "
-        f"(free memory, or {LIMIT_VARIABLE}); largest part: {largest} {_gb(size)}; "
+        f"training needs about {_size(estimate.total_bytes)}, more than the {_size(limit)} this process can "
+        f"use (free memory, or {LIMIT_VARIABLE}); largest part: {largest} {_size(size)}; "
         f"{_hint(estimate, largest)}"
     )
 

@@ -66,11 +66,24 @@ def evaluate(
     results = {}
     try:
         for t, (task, examples) in enumerate(zip(tasks, dev_sets, strict=True)):
+            if share[0] == 0:
+                family.check_rows(tokenizer, task, examples, max_length)
             preds = predict(model, family, tokenizer, task, t, examples, batch_size, max_length, mode, share)
             results[task.name] = task.score(preds, [e.label for e in examples])
     finally:
         model.train(was_training)
     return results
+
+
+def check_mode(tasks: Sequence[Task], mode: str | None) -> None:
+    """Refuse an eval mode asked for (`--mode`) that a task would not follow: a generation task has
+    nothing to score, its answer is generated whatever the mode."""
+    for task in tasks:
+        if mode == "score" and task.kind.generates:
+            raise ValueError(
+                f"--mode score: {task.name} is a generation task, scored by generating its answer, never "
+                "by scoring candidates; drop --mode, or use --mode generate"
+            )
 
 
 def average(results: dict[str, dict[str, float]]) -> float:

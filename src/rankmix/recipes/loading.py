@@ -19,8 +19,14 @@ def _source(name: str) -> tuple[str, dict[str, Any]]:
         return str(smollm2_dir()), {"gguf_file": SMOLLM2_GGUF}
     if name == "minilm":
         return str(minilm_path()), {}
-    if not Path(name).exists() and "/" not in name:
+    if Path(name).exists():
+        return name, {}
+    if "/" not in name:
         raise ValueError(f"model {name!r} is not a folder, a hub id (org/name), 'minilm' or 'smollm2'")
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a path, not a hub id
+        raise FileNotFoundError(
+            f"model folder {name} does not exist; correct the path (model: in the recipe, or --set model=...)"
+        )
     return name, {}
 
 

@@ -9,32 +9,47 @@ from typing import Any
 
 import torch
 
-from ..files import read_utf8
+from ..files import parse_json, read_utf8
 from ..tasks.base import Example, Task
-from ..tasks.readers import are_options, is_text
+from ..tasks.custom import is_custom
+from ..tasks.readers import are_options, clean_options, is_text, repeated_option
 from .run import Run
+
+
+def text_keys(task: Task) -> tuple[str, ...]:
+    """The keys whose texts the task's training reader requires of a row: a custom task's text_fields
+    (both of two, whatever its template shows: an encoder reads the pair), a built-in task's text_a,
+    and text_b where its template takes it (its readers read a pair exactly then)."""
+    if is_custom(task):
+        return task.text_fields
+    return task.text_fields[: 2 if "{text_b}" in task.template else 1]
 
 
 def read_rows(path: Path, task: Task) -> list[Example]:
     """Examples from a JSON-lines file whose rows hold the task's text fields (and, for a
-    multiple-choice task, its options); an unusable row is an error naming its line, raised before
-    any prediction."""
-    first, second = (*task.text_fields, None)[:2]
-    pair = "{text_b}" in task.template
+    multiple-choice task, its options), read as the task's training reader reads a row: the same
+    fields required, texts and options stripped, no option twice; an unusable row is an error naming
+    its line, raised before any prediction."""
+    keys = text_keys(task)
+    fields = ", ".join(repr(k) for k in keys)
     wants_choices = task.kind.needs_choices
     examples = []
     for number, line in enumerate(read_utf8(path, "input file").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = parse_json(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}, line {number}: not valid JSON ({e})") from None
-        wanted = [first, second] if pair else [first]
-        if not isinstance(row, dict) or not all(is_text(row.get(k)) for k in wanted):
+        if not isinstance(row, dict):
             raise ValueError(
-                f"{path}, line {number}: task {task.name} needs a JSON object with the non-empty text "
-                f"field(s) {', '.join(repr(k) for k in wanted)}"
+                f"{path}, line {number}: task {task.name} needs a JSON object with the text field(s) {fields}"
+            )
+        missing = next((k for k in keys if not is_text(row.get(k))), None)
+        if missing is not None:
+            raise ValueError(
+                f"{path}, line {number}: the non-empty text field {missing!r} is missing; task {task.name} "
+                f"reads {fields} from every row, as it was trained"
             )
         choices = row.get(task.choices_field) if wants_choices else ()
         if wants_choices and not are_options(choices):
@@ -42,7 +57,14 @@ def read_rows(path: Path, task: Task) -> list[Example]:
                 f"{path}, line {number}: task {task.name} is a multiple-choice task; each row needs "
                 f"{task.choices_field!r}, a list of at least two non-empty option strings"
             )
-        examples.append(Example(row[first], row[second] if pair else None, 0, tuple(choices)))
+        choices = clean_options(choices)
+        if (twice := repeated_option(choices)) is not None:
+            raise ValueError(
+                f"{path}, line {number}: option {twice!r} appears twice in {task.choices_field!r}, and "
+                "two equal options tie; give each option once"
+            )
+        texts = [row[k].strip() for k in keys]
+        examples.append(Example(texts[0], texts[1] if len(texts) == 2 else None, 0, choices))
     if not examples:
         raise ValueError(f"{path} holds no rows to predict on")
     return examples
@@ -56,12 +78,12 @@ def text_example(task: Task, text: str) -> Example:
             f"task {task.name} is a multiple-choice task: pass its rows, each with its options "
             f"({task.choices_field!r}), in a JSON-lines file (--input)"
         )
-    if "{text_b}" in task.template:
+    if len(text_keys(task)) == 2:
         raise ValueError(
             f"task {task.name} takes two texts: pass them as rows of a JSON-lines file (--input), with "
-            f"the fields {', '.join(task.text_fields[:2])}"
+            f"the fields {', '.join(text_keys(task))}"
         )
-    return Example(text, None, 0)
+    return Example(text.strip(), None, 0)
 
 
 @torch.no_grad()
@@ -69,13 +91,14 @@ def predict_records(
     run: Run, task_name: str, examples: Sequence[Example], mode: str, batch_size: int
 ) -> Iterator[dict[str, Any]]:
     """One record per example: the label and its probability (classification), the value (regression),
-    the option picked and its probability (multiple choice), or the generated text (mode "generate",
-    and generation tasks)."""
+    the option acc_norm picks and its probability under that criterion (multiple choice), or the
+    generated text (mode "generate", and generation tasks)."""
     t = next(i for i, task in enumerate(run.tasks) if task.name == task_name)
     task, family, model = run.tasks[t], run.family, run.model.eval()
     family.check([task], mode)
     device = next(p.device for p in model.parameters())
     max_length = run.config.train.max_length
+    family.check_rows(run.tokenizer, task, examples, max_length)
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         ids = torch.full((len(chunk),), t, dtype=torch.long, device=device)

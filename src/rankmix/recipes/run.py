@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..families import ModelFamily
-from ..files import atomic_folder, write_json
+from ..files import atomic_folder, child, write_json
 from ..model import RankMixModel, get_model
 from ..persistence import read_adapter_config, read_safetensors, save_tensors
 from ..stats import allocation, by_layer, mean_selected_ranks
@@ -24,8 +24,9 @@ from ..tasks import get_task, load_custom_task, task_names
 from ..tasks.base import Example, Task
 from .evaluate import evaluate
 from .loading import load_model
+from .outputs import mark_output, output_folder
 from .run_config import RunConfig, load_run_config
-from .run_folder import ADAPTER_DIR, RESULTS, RUN_CONFIG
+from .run_folder import ADAPTER_DIR, RESULTS, RUN_CONFIG, is_run_folder
 from .sharding import full_tensor
 
 HEADS_NAME = "heads.safetensors"
@@ -182,6 +183,12 @@ def open_run(folder: str | Path, overrides: list[str], splits: tuple[str, ...] =
     path = Path(folder)
     if (path / ADAPTER_DIR).is_dir():
         path = path / ADAPTER_DIR
+    elif is_run_folder(path):
+        why = "is not a folder" if (path / ADAPTER_DIR).exists() else "is not there yet"
+        raise FileNotFoundError(
+            f"run {path} has no adapter to read: {path / ADAPTER_DIR} {why}; training saves it at each "
+            "evaluation (train.eval_every), so wait for the first one (or train the run)"
+        )
     if not (path / RUN_CONFIG).is_file():
         raise FileNotFoundError(
             f"{path} holds no {RUN_CONFIG}: pass a run folder or its {ADAPTER_DIR}/ folder"
@@ -283,7 +290,7 @@ def merge_task(run: Run, task: str | None, out: Path) -> Path:
     check_finite(run)
     heads = run.heads
     plain = run.adapted.merge_and_unload(task=task)
-    with atomic_folder(out) as tmp:  # whole or not at all
+    with output_folder(out, "merge") as tmp:  # whole or not at all
         plain.save_pretrained(tmp)
         run.tokenizer.save_pretrained(tmp)
         if heads is not None:  # the task's head travels beside the merged encoder
@@ -295,7 +302,7 @@ def export_task(run: Run, task: str | None, out: Path) -> Path:
     """`task`'s adapter as a stock PEFT LoRA; for an encoder, with the task's head beside it."""
     check_task(run, task, with_head=True)
     check_finite(run)
-    with atomic_folder(out) as tmp:  # whole or not at all
+    with output_folder(out, "export-lora") as tmp:  # whole or not at all
         run.adapted.export_lora(task=task, path=tmp)
         if run.heads is not None:
             save_task_head(run, task, tmp)
@@ -303,8 +310,10 @@ def export_task(run: Run, task: str | None, out: Path) -> Path:
 
 
 def export_all_tasks(run: Run, out: Path) -> list[Path]:
-    """One stock PEFT adapter (and head) per task, in out/<task>/."""
-    return [export_task(run, task.name, out / task.name) for task in run.tasks]
+    """One stock PEFT adapter (and head) per task, in out/<task>/; `out` whole or not at all."""
+    with output_folder(out, "export-lora") as tmp:
+        names = [export_task(run, task.name, child(tmp, task.name, "task")).name for task in run.tasks]
+    return [out / name for name in names]
 
 
 def parameters(adapted: RankMixModel, heads: nn.ModuleList | None) -> dict[str, int]:
@@ -375,6 +384,7 @@ def plot_run(run: Run, out: Path) -> list[Path]:
         written.append(plot_selected_ranks(report["selected_ranks"], out / "selected_ranks.png"))
     if "expert_load" in report:
         written.append(plot_expert_load(report["expert_load"], out / "expert_load.png"))
+    mark_output(out, "plot", [p.name for p in written])
     return written
 
 

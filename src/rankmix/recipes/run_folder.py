@@ -37,6 +37,7 @@ LOCK = ".rankmix-lock"
 # in front and a suffix after (files.py)
 RUN_FILES = (RUN_CONFIG, ADAPTER_DIR, CHECKPOINT, PREVIOUS_CHECKPOINT, RESULTS, METRICS, TENSORBOARD, PLOTS)
 RUN_FILES += (MARKER, LOCK)
+FOLDERS = (ADAPTER_DIR, TENSORBOARD, PLOTS)  # the run's entries that are folders; the others are files
 
 
 class RunInUse(ValueError):
@@ -82,7 +83,7 @@ def _protected(folder: Path) -> str | None:
     return None
 
 
-def _listing(names: list[str], limit: int = 5) -> str:
+def listing(names: list[str], limit: int = 5) -> str:
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
 
@@ -137,15 +138,11 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
     if not is_run_folder(out):
         found = foreign_entries(out) or sorted(p.name for p in out.iterdir())
         raise ValueError(
-            f"output_dir {out} holds {_listing(found)} but no rankmix run, so rankmix neither trains there "
+            f"output_dir {out} holds {listing(found)} but no rankmix run, so rankmix neither trains there "
             "nor deletes it, with or without --overwrite; choose another output_dir (a new or empty one)"
         )
-    links = [name for name in RUN_FILES if (out / name).is_symlink()]
-    if links:
-        raise ValueError(
-            f"{out / links[0]} is a symbolic link: rankmix writes a run's files only inside its folder; "
-            "replace the link with the file itself, or choose another output_dir"
-        )
+    for name in RUN_FILES:
+        _check_own_entry(out / name)
     if os.environ.get("RANK", "0") == "0":  # the other processes of a launch find their main's lock
         check_not_in_use(out)
     if overwrite:
@@ -160,11 +157,34 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         )
 
 
+def _check_own_entry(path: Path) -> None:
+    """Refuse a run file that training would write into or through although it is not the run's own: a
+    symbolic link, a hard link to another file, or a file where the run keeps a folder (or the reverse)."""
+    if path.is_symlink():
+        raise ValueError(
+            f"{path} is a symbolic link: rankmix writes a run's files only inside its folder; replace the "
+            "link with the file itself, or choose another output_dir"
+        )
+    if not path.exists():
+        return
+    if path.is_dir() != (path.name in FOLDERS):
+        kind, other = ("folder", "file") if path.name in FOLDERS else ("file", "folder")
+        raise ValueError(
+            f"{path} is a {other} where a run keeps its {kind}, so rankmix did not write it; move it out, "
+            "or choose another output_dir"
+        )
+    if path.is_file() and path.stat().st_nlink > 1:
+        raise ValueError(
+            f"{path} is a hard link to another file, which training would write into; move it out (or "
+            "replace it with a copy), or choose another output_dir"
+        )
+
+
 def _check_clearable(out: Path) -> None:
     why = _protected(out)
     found = foreign_entries(out)
     if why or found:
-        reason = why or f"it also holds files that rankmix did not write ({_listing(found)})"
+        reason = why or f"it also holds files that rankmix did not write ({listing(found)})"
         raise ValueError(
             f"--overwrite clears output_dir {out}, but {reason}, so rankmix leaves it alone; move those "
             "files out or choose another output_dir"
@@ -179,8 +199,10 @@ def claimed(out: Path, overwrite: bool) -> Iterator[None]:
     out.mkdir(parents=True, exist_ok=True)
     if not (out / MARKER).is_file():
         write_json(out / MARKER, {"rankmix_run": 1, "created_by": f"rankmix {__version__}"})
-    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     try:
+        if os.fstat(fd).st_nlink > 1:  # placed after the checks: write nothing into it
+            _check_own_entry(out / LOCK)
         _take_lock(fd, out)
         info = {
             "pid": os.getpid(),

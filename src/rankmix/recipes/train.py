@@ -19,7 +19,7 @@ import torch
 from ..data.collate import Features, compact, pad_id
 from ..data.loader import training_batches
 from ..data.sampling import ConsumedBatches, TaskSampler
-from ..files import read_utf8, write_text
+from ..files import parse_json, read_utf8, write_text
 from ..stats import mean_selected_ranks
 from .checkpoint import has_checkpoint, load_checkpoint, resume_key, save_checkpoint
 from .evaluate import average
@@ -87,7 +87,7 @@ def trim_log(path: Path, step: int) -> None:
     kept = []
     for number, line in enumerate(lines, 1):
         try:
-            if json.loads(line)["step"] <= step:
+            if parse_json(line)["step"] <= step:
                 kept.append(line)
         except (ValueError, TypeError, KeyError):
             raise ValueError(

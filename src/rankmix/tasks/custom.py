@@ -12,21 +12,26 @@
 
 A multiple-choice task names `choices_field` (a JSON list of option strings per row) and
 `answer_field` (the index of the right option); a generation task `answer_field` (the target text).
-Neither has labels. Every key is checked when the file is loaded, before any long work. The data
-files are named by the YAML, so the task reads them whatever data_dir a recipe passes (and also
-when it passes none).
+Neither has labels. Every key is checked when the file is loaded, before any long work; the template
+of a multiple-choice or generation task must hold {text_a} (every model reads such a row through its
+prompt), and a multiple-choice row may not name an option twice (equal options tie). A generation task
+whose targets span lines (a target in its data files holds a newline) is answered by all the text a
+model generates, not cut at its first line. The data files are named by the YAML, so the task reads
+them whatever data_dir a recipe passes (and also when it passes none).
 """
 
 from __future__ import annotations
 
 import string
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..files import read_utf8, read_yaml
+from ..files import check_name, read_utf8, read_yaml
 from ..hints import did_you_mean
-from .base import Task
-from .kinds import KINDS, TaskKind
+from .base import Reader, Task
+from .kinds import KINDS, Generation, TaskKind
 from .readers import columns, json_reader, label_key
 from .registry import register_task
 
@@ -99,8 +104,9 @@ def _data_files(data: Any, folder: Path, where: str) -> dict[str, Path]:
     files = {split: folder / str(name) for split, name in data.items()}
     for split, path in files.items():
         if not path.is_file():
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
             raise FileNotFoundError(
-                f"{where}: the {split} file {path} does not exist (paths are relative to the YAML)"
+                f"{where}: the {split} file {path} {what} (paths are relative to the YAML)"
             )
         if path.stat().st_size == 0:
             raise ValueError(
@@ -140,7 +146,7 @@ def _metrics(spec: dict[str, Any], labels: tuple[str, ...], kind: TaskKind, wher
     return metrics
 
 
-def _template(spec: dict[str, Any], pair: bool, where: str) -> str:
+def _template(spec: dict[str, Any], pair: bool, kind: TaskKind, where: str) -> str:
     template = spec.get("template", "{text_a}\n{text_b}\nAnswer:" if pair else "{text_a}\nAnswer:")
     if not isinstance(template, str):
         raise ValueError(f"{where}: template must be a string, got {template!r}")
@@ -153,10 +159,28 @@ def _template(spec: dict[str, Any], pair: bool, where: str) -> str:
         raise ValueError(
             f"{where}: template uses {sorted(fields - allowed)}; it may use only {sorted(allowed)}"
         )
+    if (kind.needs_choices or kind.generates) and "text_a" not in fields:
+        raise ValueError(
+            f"{where}: template {template!r} lacks {{text_a}}, so every row of this {kind.name} task "
+            "would get the same prompt; put {text_a} where the row's text goes"
+        )
     return template
 
 
+def _spans_lines(reader: Reader, splits: Iterable[str]) -> bool:
+    """Whether a target text of the task's data holds a newline, its rows read as training reads them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # training warns of the rows it skips, when it reads them
+        return any("\n" in str(e.label) for split in splits for e in reader(Path(), split, False)[0])
+
+
 _LOADED: dict[tuple[Path, str], Task] = {}  # (file, its text): loading it again returns the same task
+
+
+def is_custom(task: Task) -> bool:
+    """Whether `task` came from a custom task file: then its text_fields are exactly the keys its reader
+    requires of a row (both, where it names two, whether or not its template shows text_b)."""
+    return any(t.name == task.name for t in _LOADED.values())
 
 
 def load_custom_task(path: str | Path) -> Task:
@@ -164,6 +188,12 @@ def load_custom_task(path: str | Path) -> Task:
     the same file again returns the registered task)."""
     path = Path(path)
     where = str(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "not found"
+        raise FileNotFoundError(
+            f"custom task file {path} {what}; name the task's YAML file in the recipe's custom_tasks "
+            "(or --set custom_tasks=[path/to/task.yaml])"
+        )
     text = read_utf8(path, "custom task file")
     key = (path.resolve(), text)
     if key in _LOADED:
@@ -180,9 +210,7 @@ def load_custom_task(path: str | Path) -> Task:
             f"write it as `key: value` lines ({', '.join(_REQUIRED)}, ...)"
         )
     _check_keys(spec, where)
-    name = spec["name"]
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{where}: name must be a non-empty string, got {name!r}")
+    name = check_name(spec["name"], f"{where}: task name")
     files = _data_files(spec["data"], path.parent.resolve(), where)
     text_fields = _strings(spec["text_fields"], "text_fields", where)
     if len(text_fields) > 2:
@@ -193,7 +221,7 @@ def load_custom_task(path: str | Path) -> Task:
     labels, words = _labels(spec, kind, where)
     metrics = _metrics(spec, labels, kind, where)
     pair = len(text_fields) == 2
-    template = _template(spec, pair, where)
+    template = _template(spec, pair, kind, where)
     choices = spec.get("choices_field")
     convert = columns(
         text_fields[0],
@@ -202,7 +230,11 @@ def load_custom_task(path: str | Path) -> Task:
         choices,
     )
     target = "choice" if choices else "text" if "answer_field" in spec else "label"
-    reader = json_reader(files, convert, labels, has_b=pair, hint=f"named in {where}", target=target)
+    reader = json_reader(
+        files, convert, labels, has_b=pair, hint=f"named in {where}", target=target, distinct_options=True
+    )
+    if kind.generates:  # the stop rule of its answers, from its targets
+        kind = Generation(multiline=_spans_lines(reader, files))
     task = Task(
         name, labels, words, metrics, template, reader, reader, kind, tuple(text_fields), choices or "choices"
     )

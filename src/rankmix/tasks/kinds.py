@@ -9,12 +9,19 @@
   option of largest summed log-likelihood, `acc_norm` the largest log-likelihood per character of the
   option. An encoder encodes each (prompt, option) pair and its head gives one logit per pair, softmax
   over the row's options (transformers' AutoModelForMultipleChoice); there is no length to normalise,
-  so its acc_norm is its acc. With `fill_blank`, the options fill the blank ("_") of the prompt and
-  the rest of the sentence after the blank is the continuation scored (WinoGrande's partial scoring);
-  acc_norm then divides by the length of each option's filled context, as lm-evaluation-harness does.
-- generation: a free-text target; the model generates and is scored by exact match after
-  `metrics.normalize` (and ROUGE-L, with the `generation` extra, where a task names it). Encoders
-  cannot generate.
+  so its acc_norm is its acc. An encoder cuts a pair too long for max_length from the text the options
+  share, not from the option (where the option alone fits), so that what tells the options apart
+  survives (`encoder_truncation`).
+  With `fill_blank`, the options fill the blank ("_") of the prompt and the rest of the sentence after
+  the blank is the continuation scored (WinoGrande's partial scoring); acc_norm then divides by the
+  length of each option's filled context, as lm-evaluation-harness does. A prediction's probability is
+  the softmax, over the row's options, of the scores that picked it (per character, for acc_norm).
+- generation: a free-text target; the model generates (until its end-of-sequence token, which ends
+  every training target) and is scored by exact match after `metrics.normalize` (and ROUGE-L, with the
+  `generation` extra, where a task names it). The answer is the first line of the generated text, as
+  lm-evaluation-harness cuts at a newline, unless the task's targets span lines (`multiline`: a custom
+  task sets it when a target of its data files holds a newline): then it is the whole generated text.
+  Encoders cannot generate.
 
 The model families (families.py) tokenise and run the model; a kind says which texts to encode, how
 the model's scores become a prediction and which metrics apply.
@@ -25,7 +32,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -52,10 +59,13 @@ class Option:
 
 @dataclass(frozen=True)
 class Choice:
-    """A multiple-choice prediction: the option `acc` picks and the one `acc_norm` picks."""
+    """A multiple-choice prediction: the option `acc` picks and the one `acc_norm` picks, and the
+    probability of the acc_norm pick under the scores that picked it (softmax over the row's options;
+    None for an option read from generated text)."""
 
     pick: int
     pick_norm: int
+    probability: float | None = field(default=None, compare=False)
 
 
 Prediction = int | float | Choice | str
@@ -131,6 +141,11 @@ class HeadKind(TaskKind):
     def encoder_pairs(self, task: Task, example: Example) -> list[tuple[str, str | None]]:
         """The (text_a, text_b) pairs an encoder encodes for `example`: one per row of head outputs."""
         return [(example.text_a, example.text_b)]
+
+    def encoder_truncation(self) -> str:
+        """Which text of a pair too long for max_length an encoder cuts (a tokenizer's `truncation`):
+        the longer first, or, where the pairs of a row are its options, the text they share."""
+        return "longest_first"
 
     @abc.abstractmethod
     def head_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -246,7 +261,9 @@ class MultipleChoice(HeadKind):
 
     def from_logprobs(self, task, example, logprobs):
         lengths = torch.tensor(self.norm_lengths(task, example), device=logprobs.device)
-        return Choice(int(logprobs.argmax()), int((logprobs.float() / lengths).argmax()))
+        norm = logprobs.float() / lengths
+        pick_norm = int(norm.argmax())
+        return Choice(int(logprobs.argmax()), pick_norm, float(norm.softmax(-1)[pick_norm]))
 
     def parse(self, task, example, text):
         """The option the generated text spells (after `normalize`); -1 when none does."""
@@ -258,12 +275,17 @@ class MultipleChoice(HeadKind):
     def encoder_pairs(self, task, example):
         return [(o.context.strip(), o.text.strip() or None) for o in self.options(task, example)]
 
+    def encoder_truncation(self):
+        """The prompt (an option's pair is (prompt, option)), or with fill_blank the rest of the sentence
+        after the blank (its pair is (sentence up to the blank filled, rest))."""
+        return "only_second" if self.fill_blank else "only_first"
+
     def head_loss(self, logits, target):
         return F.cross_entropy(logits, target.long(), reduction="sum")
 
     def from_head(self, task, logits):
         pick = int(logits.argmax())
-        return Choice(pick, pick)
+        return Choice(pick, pick, float(logits.float().softmax(-1)[pick]))
 
     def score(self, metrics, predictions, references):
         picks = {"acc": [p.pick for p in predictions], "acc_norm": [p.pick_norm for p in predictions]}
@@ -274,19 +296,24 @@ class MultipleChoice(HeadKind):
         return values["acc_norm"] if "acc_norm" in values else super().headline(values)
 
     def record(self, task, example, prediction, scores):
-        probs = scores.float().softmax(-1)
+        """The acc_norm pick, scored by its probability under acc_norm's own criterion (per character
+        for a decoder or T5), so that the pick always has the largest score, at least 1/options."""
         pick = prediction.pick_norm
         if pick < 0:
             return {"choice": None, "index": -1}
-        return {"choice": example.choices[pick], "index": pick, "score": probs[pick].item()}
+        return {"choice": example.choices[pick], "index": pick, "score": prediction.probability}
 
 
+@dataclass(frozen=True)
 class Generation(TaskKind):
-    name = "generation"
-    metrics = ("exact_match", "rouge_l")
-    default_metrics = ("exact_match",)
-    generates = True
-    max_new_tokens = 32
+    """A target text per row; `multiline`: targets may span lines, so an answer is not cut at a newline."""
+
+    multiline: bool = False
+    name: ClassVar[str] = "generation"
+    metrics: ClassVar[tuple[str, ...]] = ("exact_match", "rouge_l")
+    default_metrics: ClassVar[tuple[str, ...]] = ("exact_match",)
+    generates: ClassVar[bool] = True
+    max_new_tokens: ClassVar[int] = 32
 
     def target(self, task, example):
         return Option(task.prompt(example), str(example.label))
@@ -295,8 +322,8 @@ class Generation(TaskKind):
         raise ValueError(f"{task.name} is a generation task: it generates its answer, nothing is scored")
 
     def parse(self, task, example, text):
-        """The generated answer: its first line, stripped."""
-        return text.strip().split("\n", 1)[0].strip()
+        """The generated answer, stripped: its first line, or all of it where targets span lines."""
+        return text.strip() if self.multiline else text.strip().split("\n", 1)[0].strip()
 
     def record(self, task, example, prediction, scores):
         return {"text": prediction}

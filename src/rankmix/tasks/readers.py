@@ -4,8 +4,9 @@ One generic reader per format (GLUE-style TSV, JSON / JSON lines, Hugging Face h
 per task by its files, its columns and its label set, so that every task checks rows the same way:
 a row of the wrong shape (too few fields, a missing key, an empty text) is malformed, skipped and
 counted with a warning, or raised under strict=True; a label outside the task's label set is always
-an error, since it means the file and the task definition disagree. A file that is not UTF-8 text, or
-that holds no rows at all, is an error naming it.
+an error, since it means the file and the task definition disagree, and so is an option named twice in
+a row of a reader told `distinct_options` (a user's file: two equal options tie). A file that is
+not UTF-8 text, or that holds no rows at all, is an error naming it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..files import parse_json
 from .base import Example, Reader
 
 LAYOUT = (
@@ -57,9 +59,11 @@ class _Rows:
         by_index: bool = False,
         unit: str = "line",
         target: str = "label",
+        distinct_options: bool = False,
     ) -> None:
         self.source, self.strict, self.labels = source, strict, labels
         self.score_range, self.by_index, self.unit, self.target = score_range, by_index, unit, target
+        self.distinct_options = distinct_options
         self.examples: list[Example] = []
         self.skipped: list[tuple[int, str]] = []
 
@@ -80,7 +84,12 @@ class _Rows:
             if not are_options(choices):
                 self.malformed(line, "the options are not a list of at least two non-empty strings")
                 return
-            choices = tuple(c.strip() for c in choices)
+            choices = clean_options(choices)
+            if self.distinct_options and (twice := repeated_option(choices)) is not None:
+                raise ValueError(
+                    f"{self.source}, {self.unit} {line}: option {twice!r} appears twice, and two equal "
+                    "options tie; give each option once"
+                )
             label = self._choice(line, label, choices)
         elif self.target == "text":
             if not is_text(label):
@@ -153,6 +162,23 @@ def are_options(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and len(value) >= 2 and all(map(is_text, value))
 
 
+def clean_options(options: Iterable[str]) -> tuple[str, ...]:
+    """A row's options as every reader (and `rankmix predict`) keeps them: stripped, since the space
+    before an option is the scorer's and acc_norm counts an option's characters."""
+    return tuple(option.strip() for option in options)
+
+
+def repeated_option(options: Iterable[str]) -> str | None:
+    """The first option a row (after `clean_options`) names twice, if any: such a row cannot be scored,
+    equal options tie."""
+    seen: set[str] = set()
+    for option in options:
+        if option in seen:
+            return option
+        seen.add(option)
+    return None
+
+
 def not_utf8(path: Path) -> ValueError:
     """The error for a data file that does not decode as UTF-8, naming the line and column of its first
     bad byte (found by decoding line by line: a newline byte is never part of a UTF-8 sequence)."""
@@ -184,6 +210,8 @@ def _locate(data_dir: Path, files: Mapping[str, str | Path], split: str, hint: s
     if split not in files:
         raise ValueError(f"no {split!r} split here; this task has {', '.join(files)}")
     path = data_dir / files[split]
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a folder where the task's {split} file belongs: {hint}")
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {hint}")
     if path.stat().st_size == 0:  # before a parser reports a missing header or invalid JSON instead
@@ -241,10 +269,10 @@ def tsv_reader(
 def _records(path: Path, rows: _Rows) -> list[tuple[int, Any]]:
     """(line or position, record) of a JSON list (.json) or a JSON-lines file (anything else)."""
     try:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:  # a byte-order mark is not part of the first row
             if path.suffix == ".json":
                 try:
-                    return list(enumerate(json.load(f), 1))
+                    return list(enumerate(parse_json(f.read()), 1))
                 except json.JSONDecodeError as e:
                     raise ValueError(
                         f"{path}: not valid JSON ({e}); expected a JSON list of records"
@@ -254,7 +282,7 @@ def _records(path: Path, rows: _Rows) -> list[tuple[int, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    records.append((number, json.loads(line)))
+                    records.append((number, parse_json(line)))
                 except json.JSONDecodeError as e:
                     rows.malformed(number, f"not valid JSON: {e}")
             return records
@@ -283,15 +311,17 @@ def json_reader(
     has_b: bool,
     hint: str = LAYOUT,
     target: str = "label",
+    distinct_options: bool = False,
 ) -> Reader:
     """JSON lists (.json, numbered by position) or JSON lines (.jsonl, numbered by line); `convert` maps
     a record to (text_a, text_b, label); a record it cannot read (a missing key) is malformed. Absolute
-    paths in `files` are read as they are, whatever the data_dir."""
+    paths in `files` are read as they are, whatever the data_dir. `distinct_options`: a row naming an
+    option twice is an error (the published files keep the few rows they have of that)."""
 
     def read(data_dir: Path, split: str, strict: bool) -> tuple[list[Example], int]:
         path = _locate(data_dir, files, split, hint)
         unit = "record" if path.suffix == ".json" else "line"
-        rows = _Rows(str(path), strict, labels, unit=unit, target=target)
+        rows = _Rows(str(path), strict, labels, unit=unit, target=target, distinct_options=distinct_options)
         return _convert_all(rows, _records(path, rows), convert, has_b)
 
     return described(read, f"{_folder(files)} (JSON)")
