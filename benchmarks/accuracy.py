@@ -3,14 +3,15 @@ per run with its provenance, under benchmarks/results/<suite>/.
 
     python benchmarks/accuracy.py glue                       # GLUE-CPU: 8 methods x 3 seeds
     python benchmarks/accuracy.py ablations                  # MoRE and HiLo ablations on GLUE-CPU
-    python benchmarks/accuracy.py commonsense                # SmolLM2-135M commonsense sanity check
+    python benchmarks/accuracy.py commonsense                # SmolLM2-135M, multiple choice, 3 seeds
     python benchmarks/accuracy.py glue --only lora more --seeds 0
     python benchmarks/render.py                              # tables in BENCHMARKS.md, PNG plots
 
-Resumable: a run whose JSON exists is skipped; an interrupted run starts again from scratch (the
-recipes evaluate once, at the final step, so there is no mid-run checkpoint to resume) and the wall
-time of every attempt is summed. Run it from a worktree of a fixed commit (`git worktree add`), so
-that edits elsewhere cannot change a suite half-way; the commit is recorded with every result.
+Resumable: a run whose JSON exists is skipped; an interrupted run resumes from its latest checkpoint
+(written every CHECKPOINT_EVERY steps) and the wall time of every attempt is summed. A variant whose
+name contains "zero" is its recipe's base model evaluated zero-shot (`rankmix eval RECIPE.yaml`). Run
+it from a worktree of a fixed commit (`git worktree add`), so that edits elsewhere cannot change a
+suite half-way; the commit is recorded with every result.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from importlib import metadata
 from pathlib import Path
 
 from rankmix.files import write_json
+from rankmix.recipes.evaluate import average
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -38,6 +40,11 @@ class Variant:
     name: str
     recipe: str  # a file under configs/
     overrides: tuple[str, ...] = ()
+    seeds: tuple[int, ...] | None = None  # None: the suite's seeds
+
+    @property
+    def zero_shot(self) -> bool:
+        return "zero" in self.name
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,7 @@ class Suite:
     headline_tasks: tuple[str, ...] | None = None  # None: every task counts in the headline average
     references: tuple[str, ...] = ()  # "suite/variant" rows of other suites shown beside this one
     notes: dict[str, str] = field(default_factory=dict)
+    folder: str | None = None  # under results/ (default: the suite's name); its records name their suite
 
 
 def _glue(method: str, name: str | None = None, *overrides: str) -> Variant:
@@ -86,16 +94,62 @@ ABLATIONS = (
     # quoted: an unquoted 5555 is read as an integer, 5555 experts in every layer
     _glue("hilo", "hilo-uniform-experts", "method.experts='5555'"),
 )
-COMMONSENSE = tuple(
-    Variant(name, f"configs/commonsense-smollm2-{recipe}.yaml", overrides)
+
+
+def _commonsense(
+    method: str, name: str | None = None, *overrides: str, seeds: tuple[int, ...] | None = None
+) -> Variant:
+    return Variant(name or method, f"configs/commonsense-smollm2-{method}.yaml", overrides, seeds)
+
+
+MIXLORA = "method.experts=4"  # MixLoRA-style: the MoLA recipe with 4 uniform experts of rank 8, top-2
+COMMONSENSE = (
+    _commonsense("lora", "zero-shot", seeds=(0,)),  # the base model: the same for every seed
+    _commonsense("lora"),
+    _commonsense("lora", "lora-r16", "method.r=16", "method.alpha=32", seeds=(0,)),
+    _commonsense("mola", "mixlora", MIXLORA, seeds=(0,)),
+    _commonsense("moelora", seeds=(0,)),
+    _commonsense("mola"),
+    _commonsense("hilo"),
+    _commonsense("more"),
+)
+# the label-word suite (before task kinds): its own recipes, with the `<task>_labels` tasks
+COMMONSENSE_LABELS = tuple(
+    Variant(name, f"configs/commonsense-labels-smollm2-{recipe}.yaml", overrides)
     for name, recipe, overrides in (
         ("lora", "lora", ()),
-        ("mixlora", "mola", ("method.experts=4",)),
+        ("mixlora", "mola", (MIXLORA,)),
         ("mola", "mola", ()),
         ("hilo", "hilo", ()),
         ("more", "more", ()),
     )
 )
+# Calibration of the commonsense protocol (BENCHMARKS.md): LoRA r=8, seed 0, one change at a time; every
+# calibrated key is given here, so that the runs do not follow later edits of the recipe
+COMMONSENSE_TASKS = (
+    "boolq piqa social_i_qa arc_easy arc_challenge openbookqa winogrande hellaswag commonsenseqa"
+)
+CALIBRATION_TASKS = {
+    "9tasks": f"tasks=[{','.join(COMMONSENSE_TASKS.split())}]",
+    "7tasks": "tasks=[boolq,piqa,social_i_qa,arc_easy,openbookqa,hellaswag,commonsenseqa]",
+}
+CALIBRATION_FIXED = ("train.max_length=128", "train.max_eval_examples=100", "train.max_train_examples=1000")
+
+
+def _calibration(tasks: str, steps: int, lr: str) -> Variant:
+    schedule = (f"train.steps={steps}", f"train.eval_every={steps}", f"train.warmup_steps={steps // 10}")
+    overrides = (CALIBRATION_TASKS[tasks], *CALIBRATION_FIXED, *schedule, f"train.lr={lr}")
+    return _commonsense("lora", f"commonsense-lora-{tasks}-{steps}steps-lr{lr}", *overrides, seeds=(0,))
+
+
+COMMONSENSE_CALIBRATION = (
+    _commonsense("lora", "commonsense-zero-shot", CALIBRATION_TASKS["9tasks"], *CALIBRATION_FIXED),
+    _calibration("9tasks", 150, "1e-3"),
+    _calibration("7tasks", 150, "1e-3"),
+    _calibration("7tasks", 150, "2e-3"),
+)
+ZERO_SHOT_PARAMETERS = {"trainable": 0, "adapter": 0, "router": 0, "active_per_token": 0}
+CHECKPOINT_EVERY = 25  # steps: what an interrupted run loses at most
 QUICKSTART = "configs/quickstart.yaml"
 QUICKSTART_LORA = "method={method: lora, r: 8, alpha: 16, dropout: 0.1}"
 # MoRE's selector and scaling on the quickstart's toy tasks (80 steps, as `rankmix quickstart` trained)
@@ -200,7 +254,11 @@ SUITES = {
         headline_tasks=GLUE_HEADLINE,
         references=("glue/more", "glue/lora", "glue/hilo", "glue/mola"),
     ),
-    "commonsense": Suite(COMMONSENSE, seeds=(0,), baseline="lora"),
+    "commonsense": Suite(COMMONSENSE, seeds=(0, 1, 2), baseline="lora"),
+    "commonsense-calibration": Suite(
+        COMMONSENSE_CALIBRATION, seeds=(0,), baseline="commonsense-zero-shot", folder="calibration"
+    ),
+    "commonsense-labels": Suite(COMMONSENSE_LABELS, seeds=(0,), baseline="lora"),
 }
 SUITES["glue-more-study-v4"] = SUITES["glue-more-study"]  # its results under protocol v4 (lr 1.5e-3)
 
@@ -231,44 +289,42 @@ def provenance() -> dict:
 def router_details(run_dir: Path) -> dict:
     """What the render script plots: the allocation, each task's selected rank per module after training
     and at initialisation (task routing), and each expert's share of tokens per module over the dev set
-    (token routing)."""
-    from rankmix.recipes.run import build_model, open_run, resolve_tasks, router_report
+    (token routing: as the final evaluation counted it)."""
+    from rankmix.recipes.run import build_model, open_run, resolve_tasks, router_report, stored_expert_load
 
-    run, _ = open_run(run_dir, [], splits=("dev",))
-    details = router_report(run)
+    run, adapter = open_run(run_dir, [], splits=("dev",))
+    details = router_report(run, stored_expert_load(adapter))
     if run.adapted.method.task_routed:  # the same seed rebuilds the untrained adapter
         _, initial, _, _ = build_model(run.config, resolve_tasks(run.config))
         details["initial_selected_ranks"] = initial.selected_ranks()
     return details
 
 
+def result_file(suite: str, variant: Variant, seed: int, out_dir: Path) -> Path:
+    return out_dir / (SUITES[suite].folder or suite) / f"{variant.name}-s{seed}.json"
+
+
 def run_one(suite: str, variant: Variant, seed: int, data_dir: str, out_dir: Path, runs_dir: Path) -> Path:
     name = f"{variant.name}-s{seed}"
-    result_file = out_dir / suite / f"{name}.json"
-    if result_file.exists():
+    result = result_file(suite, variant, seed, out_dir)
+    if result.exists():
         print(f"[{suite}] {name}: done, skipped", flush=True)
-        return result_file
+        return result
     run_dir = runs_dir / suite / name
     wall_file = runs_dir / suite / f"{name}.wall.json"
     spent = json.loads(wall_file.read_text()) if wall_file.exists() else {"wall_time_s": 0.0, "attempts": 0}
     spent["attempts"] += 1
-    args = [
-        "train",
-        variant.recipe,
-        "--no-progress",
-        "--overwrite",
-        "--set",
-        f"output_dir={run_dir}",
-        "--set",
-        f"data_dir={data_dir}",
-        "--set",
-        f"train.seed={seed}",
-        *[a for o in variant.overrides for a in ("--set", o)],
-    ]
+    overrides = (f"data_dir={data_dir}", f"train.seed={seed}", *variant.overrides)
+    if variant.zero_shot:
+        args = ["eval", variant.recipe, "--no-progress", "--force", "--out", str(run_dir / "results.json")]
+    else:  # no --overwrite: a run folder left by an interrupted attempt resumes from its checkpoint
+        args = ["train", variant.recipe, "--no-progress", "--set", f"output_dir={run_dir}"]
+        overrides += (f"train.checkpoint_every={CHECKPOINT_EVERY}",)
+    args += [a for o in overrides for a in ("--set", o)]
     command = "rankmix " + " ".join(args)
     print(f"[{suite}] {name}: {command}", flush=True)
     start, before = time.time(), spent["wall_time_s"]
-    (runs_dir / suite).mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     with (runs_dir / suite / f"{name}.log").open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "rankmix.cli", *args], cwd=REPO, stdout=log, stderr=log
@@ -285,8 +341,10 @@ def run_one(suite: str, variant: Variant, seed: int, data_dir: str, out_dir: Pat
     if proc.returncode != 0:
         raise SystemExit(f"[{suite}] {name} failed (exit {proc.returncode}); see {log.name}")
     results = json.loads((run_dir / "results.json").read_text())
+    if variant.zero_shot:  # `rankmix eval --out` writes the tasks' metrics: the base model adds nothing
+        results = {"average": average(results), "tasks": results, "parameters": ZERO_SHOT_PARAMETERS}
     write_json(
-        result_file,
+        result,
         {
             "suite": suite,
             "variant": variant.name,
@@ -296,11 +354,48 @@ def run_one(suite: str, variant: Variant, seed: int, data_dir: str, out_dir: Pat
             "attempts": spent["attempts"],
             "provenance": provenance(),
             "results": results,
-            "details": router_details(run_dir),
+            "details": {} if variant.zero_shot else router_details(run_dir),
         },
     )
     print(f"[{suite}] {name}: average {results['average']:.4f}", flush=True)
-    return result_file
+    return result
+
+
+def plan(suite: str, planned: list[tuple[Variant, int]], out_dir: Path, runs_dir: Path) -> None:
+    """Print the runs left and their estimated time: the mean wall time of the finished runs of the same
+    variant, else of the suite's finished runs of the same kind (training or zero-shot), less the time an
+    interrupted attempt spent (it resumes from its checkpoint)."""
+    done = {
+        (v.name, seed): json.loads(result_file(suite, v, seed, out_dir).read_text())["wall_time_s_total"]
+        for v, seed in planned
+        if result_file(suite, v, seed, out_dir).exists()
+    }
+    kinds = {v.name: v.zero_shot for v, _ in planned}
+
+    def estimate(variant: Variant) -> float | None:
+        for same in (lambda name: name == variant.name, lambda name: kinds[name] == variant.zero_shot):
+            walls = [wall for (name, _), wall in done.items() if same(name)]
+            if walls:
+                return sum(walls) / len(walls)
+        return None
+
+    left = [(v, seed) for v, seed in planned if (v.name, seed) not in done]
+    total, unknown = 0.0, 0
+    for variant, seed in left:
+        wall_file = runs_dir / suite / f"{variant.name}-s{seed}.wall.json"
+        spent = json.loads(wall_file.read_text())["wall_time_s"] if wall_file.exists() else 0.0
+        guess = estimate(variant)
+        if guess is None:
+            unknown += 1
+            print(f"{variant.name}-s{seed}: no finished run to estimate from")
+            continue
+        total += max(guess - spent, 0.0)
+        note = f" ({spent:.0f} s spent in earlier attempts)" if spent else ""
+        print(f"{variant.name}-s{seed}: about {max(guess - spent, 0.0) / 60:.0f} min{note}")
+    print(
+        f"{len(left)} of {len(planned)} runs left, about {total / 3600:.1f} h"
+        + (f" + {unknown} unknown" if unknown else "")
+    )
 
 
 def main() -> None:
@@ -313,6 +408,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="run folders (not committed)")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs left and their estimated time")
     args = parser.parse_args()
     suite = SUITES[args.suite]
     variants = [v for v in suite.variants if not args.only or v.name in args.only]
@@ -323,9 +419,17 @@ def main() -> None:
         )
     if not Path(args.data_dir).is_dir():
         parser.error(f"--data-dir {args.data_dir} is not a folder (the benchmark data, e.g. ../shared/data)")
-    for seed in args.seeds or suite.seeds:  # seed-major: every variant has seed 0 before any has seed 1
-        for variant in variants:
-            run_one(args.suite, variant, seed, args.data_dir, args.out, args.runs)
+    planned = [  # seed-major: every variant has seed 0 before any has seed 1
+        (variant, seed)
+        for seed in args.seeds or suite.seeds
+        for variant in variants
+        if args.seeds or seed in (variant.seeds or suite.seeds)
+    ]
+    if args.dry_run:
+        plan(args.suite, planned, args.out, args.runs)
+        return
+    for variant, seed in planned:
+        run_one(args.suite, variant, seed, args.data_dir, args.out, args.runs)
 
 
 if __name__ == "__main__":

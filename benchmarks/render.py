@@ -12,6 +12,7 @@ import json
 import re
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,12 @@ MARKDOWN = ROOT.parent / "BENCHMARKS.md"
 
 def load(suite: str, results_dir: Path) -> dict[str, dict[int, dict]]:
     """{variant: {seed: record}} in the suite's variant order, then the suite's references."""
-    records: dict[str, dict[int, dict]] = defaultdict(dict)
-    for path in sorted((results_dir / suite).glob("*.json")):
-        record = json.loads(path.read_text())
-        records[record["variant"]][record["seed"]] = record
     spec = SUITES[suite]
+    records: dict[str, dict[int, dict]] = defaultdict(dict)
+    for path in sorted((results_dir / (spec.folder or suite)).glob("*.json")):
+        record = json.loads(path.read_text())
+        if not spec.folder or record.get("suite") == suite:  # a shared folder holds other records too
+            records[record["variant"]][record["seed"]] = record
     rows = {name: records[name] for name in [v.name for v in spec.variants] if name in records}
     for reference in spec.references:  # rows of another suite, for comparison
         other, variant = reference.split("/")
@@ -49,10 +51,17 @@ def mean_std(values: list[float], sign: str = "") -> str:
     return text if len(values) == 1 else f"{text} ± {statistics.stdev(values):.3f}"
 
 
-def headline(record: dict, tasks: tuple[str, ...] | None) -> float:
+def headline(record: dict, tasks: Iterable[str] | None) -> float:
     scores = {t: r["score"] for t, r in record["results"]["tasks"].items()}
     chosen = [scores[t] for t in (tasks or scores)]
     return sum(chosen) / len(chosen)
+
+
+def paired_difference(record: dict, base: dict, tasks: tuple[str, ...] | None) -> float:
+    """The headline average of `record` less `base`'s, over the same tasks: the headline tasks, or else
+    the tasks both ran (a calibration run may train fewer tasks than the zero-shot row scores)."""
+    common = tasks or sorted(record["results"]["tasks"].keys() & base["results"]["tasks"].keys())
+    return headline(record, common) - headline(base, common)
 
 
 def differing_modules(selected: dict[str, dict[str, int]]) -> float:
@@ -71,7 +80,9 @@ def moved(record: dict) -> float:
 
 def table(suite: str, records: dict[str, dict[int, dict]]) -> str:
     spec = SUITES[suite]
-    tasks = list(next(iter(next(iter(records.values())).values()))["results"]["tasks"])
+    tasks = list(
+        dict.fromkeys(t for v in records.values() for r in v.values() for t in r["results"]["tasks"])
+    )
     base = records.get(spec.baseline, {})
     head = [
         "variant",
@@ -87,19 +98,21 @@ def table(suite: str, records: dict[str, dict[int, dict]]) -> str:
     for name, by_seed in records.items():
         runs = list(by_seed.values())
         cells = [name, ",".join(str(s) for s in sorted(by_seed))]
-        cells += [mean_std([r["results"]["tasks"][t]["score"] for r in runs]) for t in tasks]
-        cells.append(mean_std([headline(r, spec.headline_tasks) for r in runs]))
-        paired = [
-            headline(r, spec.headline_tasks) - headline(base[s], spec.headline_tasks)
-            for s, r in by_seed.items()
-            if s in base
+        cells += [
+            mean_std([r["results"]["tasks"][t]["score"] for r in runs if t in r["results"]["tasks"]])
+            for t in tasks
         ]
+        cells.append(mean_std([headline(r, spec.headline_tasks) for r in runs]))
+        # zero-shot is the same for every seed: it pairs with each of the baseline's
+        pairs = {s: by_seed[min(by_seed)] for s in base} if "method" not in runs[0]["results"] else by_seed
+        paired = [paired_difference(r, base[s], spec.headline_tasks) for s, r in pairs.items() if s in base]
         cells.append("-" if name == spec.baseline else mean_std(paired, "+"))
         trainable = runs[0]["results"]["parameters"]["trainable"]
         # MoRE's active parameters follow the ranks its tasks select, so they vary by seed
         active = statistics.mean(r["results"]["parameters"]["active_per_token"] for r in runs)
         cells += [f"{trainable:,}", f"{active:,.0f}"]
-        selects = method_named(runs[0]["results"]["method"]["method"]).nested  # MoRE: a rank per task
+        method = runs[0]["results"].get("method")  # none: the base model, zero-shot
+        selects = method is not None and method_named(method["method"]).nested  # MoRE: a rank per task
         selected = [
             r["details"]["selected_ranks"] for r in runs if selects and "selected_ranks" in r["details"]
         ]
@@ -177,8 +190,9 @@ def main() -> None:
         if not records:
             continue
         body = table(suite, records)
-        for path in plots(suite, records, args.results / suite / "plots"):
-            body += f"\n\n![{path.stem}]({path.relative_to(MARKDOWN.parent)})"
+        if not SUITES[suite].folder:  # a calibration's table needs no plots
+            for path in plots(suite, records, args.results / suite / "plots"):
+                body += f"\n\n![{path.stem}]({path.relative_to(MARKDOWN.parent)})"
         text = replace_section(text, suite, body)
         print(body)
     write_text(MARKDOWN, text)

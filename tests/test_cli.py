@@ -34,6 +34,7 @@ from rankmix import RankMixModel
 from rankmix.cli import main
 from rankmix.families import FAMILIES as FAMILY_OF
 from rankmix.model import layer_index
+from rankmix.recipes.run import open_run, router_report
 from rankmix.tasks import Example, get_task
 
 # The real benchmark data (../shared/data from the project root), read only by the tests of its quirks.
@@ -581,6 +582,13 @@ def test_hilo_trains_plots_expert_load_and_refuses_merge(runs, capsys, tmp_path)
     assert losses and all("aux/balance" in r for r in losses)
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())["adapter"]
     assert config["method"] == "hilo" and config["top_k"] == 1
+
+    # the expert load kept from the evaluation that saved the adapter: what the dev set gives again
+    recounted = router_report(open_run(run, [], splits=("dev",))[0])["expert_load"]
+    assert results["expert_load"].keys() == recounted.keys()
+    for name, load in recounted.items():
+        assert results["expert_load"][name]["share"] == pytest.approx(load["share"])
+        assert results["expert_load"][name]["experts_per_token"] == pytest.approx(load["experts_per_token"])
 
     out = ok("plot", run, "--out", tmp_path / "plots")
     assert {Path(p).name for p in out.split()} == {"allocation.png", "expert_load.png"}
@@ -1876,3 +1884,17 @@ def test_a_byte_order_mark_is_not_part_of_the_first_row(runs, bad, tmp_path):
 def test_generate_mode_on_an_encoder_reads_as_english(runs, capsys):
     err = fails(capsys, "eval", runs.get("encoder")[0], "--mode", "generate")
     assert "an encoder model can only score" in err
+
+
+def test_evaluation_shows_the_rows_it_scores(runs):
+    """`rankmix eval` and training's evaluations show a bar of the rows scored, naming each task in turn
+    (--no-progress: none)."""
+    run = runs.get("decoder")[0]
+    rows = sum(len(d) for d in open_run(run, [], splits=("dev",))[0].dev_sets)
+    code, _, err = cli("eval", run)
+    assert code == 0 and f"{rows}/{rows}" in err
+    assert all(f"eval {task}" in err for task in TASKS)
+    code, _, err = cli("eval", run, "--no-progress")
+    assert code == 0 and "eval rte" not in err
+    code, _, err = cli("train", runs.recipe("progress", "decoder", steps=4, eval_every=4))  # and in training
+    assert code == 0 and f"{rows}/{rows}" in err and "eval stsb" in err

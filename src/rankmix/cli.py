@@ -47,7 +47,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     else:  # a run folder, its adapter folder, or the run.yaml of either
         run, _ = open_run(path.parent if path.is_file() else path, args.set, splits=("dev",))
     check_mode(run.tasks, args.mode)
-    results = evaluate_run(run, run.model.to(device), mode=args.mode)
+    results = evaluate_run(run, run.model.to(device), mode=args.mode, progress=not args.no_progress)
     print(format_table(results))
     if args.out:
         write_json(args.out, results)
@@ -163,13 +163,14 @@ def cmd_tasks(args: argparse.Namespace) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> None:
     from .recipes.outputs import check_folder_out
-    from .recipes.run import open_run, plot_run
+    from .recipes.run import open_run, plot_run, stored_expert_load
     from .recipes.run_folder import PLOTS
 
     if args.out:
         check_folder_out(args.out, "plot")
     run, path = open_run(args.adapter, args.set, splits=("dev",))
-    for p in plot_run(run, Path(args.out or path.parent / PLOTS)):
+    load = None if args.set else stored_expert_load(path)  # --set may change the dev rows: count again
+    for p in plot_run(run, Path(args.out or path.parent / PLOTS), load):
         print(p)
 
 
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mode", choices=["score", "generate"])
     p.add_argument("--out", help="write the results to this JSON file (a new one, unless --force)")
+    p.add_argument("--no-progress", action="store_true")
     force(p)
     device(p)
     p = add("predict", cmd_predict, "predict one task's labels (or text) for new inputs, as JSON lines")

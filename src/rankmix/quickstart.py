@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .recipes.evaluate import format_table
-from .recipes.run import open_run, plot_run
+from .recipes.run import open_run, plot_run, stored_expert_load
 from .recipes.run_config import RunConfig, TrainConfig
 from .recipes.run_folder import PLOTS
 from .recipes.train import train
@@ -57,8 +57,8 @@ def quickstart(out: Path, steps: int | None = None) -> dict[str, dict]:
             f"active per token {p['active_per_token']:,}, {results[m]['wall_time_s']} s"
         )
     for m in METHODS:
-        run, _ = open_run(out / m, [], splits=("dev",))
-        for path in plot_run(run, out / m / PLOTS):
+        run, adapter = open_run(out / m, [], splits=("dev",))
+        for path in plot_run(run, out / m / PLOTS, stored_expert_load(adapter)):
             print(path)
     print(f"adapters, results.json and plots in {out}/<method>/")
     return results

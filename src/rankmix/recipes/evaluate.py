@@ -3,7 +3,7 @@ task's metrics; the results table."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -26,10 +26,12 @@ def predict(
     max_length: int,
     mode: str = "score",
     share: tuple[int, int] = (0, 1),
+    scored: Callable[[int], object] | None = None,
 ) -> list[Prediction]:
     """One prediction per example (what one is, its task's kind says). With `share` (rank, world)
     of a torch.distributed job, each process predicts every world-th example with its own replica of
-    `model`, and every process gets all the predictions, in order."""
+    `model`, and every process gets all the predictions, in order. `scored(n)` hears of each batch: about
+    n rows scored by all processes."""
     rank, world = share
     mine = examples[rank::world]
     device = next(p.device for p in model.parameters())
@@ -38,6 +40,8 @@ def predict(
         chunk = mine[start : start + batch_size]
         ids = torch.full((len(chunk),), task_index, dtype=torch.long, device=device)
         preds += family.predict(model, tokenizer, task, ids, chunk, max_length, mode)
+        if scored is not None:
+            scored(len(chunk) * world)
     if world == 1:
         return preds
     parts: list[list[Prediction]] = [[] for _ in range(world)]
@@ -58,19 +62,29 @@ def evaluate(
     max_length: int,
     mode: str = "score",
     share: tuple[int, int] = (0, 1),
+    progress: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """{task: {metric: value, "score": ...}} for every task (each process predicting its `share`)."""
+    """{task: {metric: value, "score": ...}} for every task (each process predicting its `share`); with
+    `progress`, a bar of the rows scored, naming the task (the main process's)."""
+    from tqdm.auto import tqdm
+
     family.check(tasks, mode)
     was_training = model.training
     model.eval()
     results = {}
+    total = sum(len(d) for d in dev_sets)
+    bar = tqdm(total=total, desc="eval", unit="row", disable=not progress or share[0] != 0)
     try:
         for t, (task, examples) in enumerate(zip(tasks, dev_sets, strict=True)):
+            bar.set_description(f"eval {task.name}")
             if share[0] == 0:
                 family.check_rows(tokenizer, task, examples, max_length)
-            preds = predict(model, family, tokenizer, task, t, examples, batch_size, max_length, mode, share)
+            preds = predict(
+                model, family, tokenizer, task, t, examples, batch_size, max_length, mode, share, bar.update
+            )
             results[task.name] = task.score(preds, [e.label for e in examples])
     finally:
+        bar.close()
         model.train(was_training)
     return results
 

@@ -7,6 +7,7 @@ The adapter folder, results and heads are written atomically (files.py)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,16 +138,19 @@ def prepare(cfg: RunConfig, splits: tuple[str, ...] = ("train", "dev")) -> Run:
 
 
 def evaluate_run(
-    run: Run, model: nn.Module | None = None, mode: str | None = None, share: tuple[int, int] = (0, 1)
+    run: Run,
+    model: nn.Module | None = None,
+    mode: str | None = None,
+    share: tuple[int, int] = (0, 1),
+    progress: bool = False,
 ) -> dict:
     """Dev metrics of every task of `run` (with `model`, e.g. an unwrapped DDP replica, if given; each
-    process of a distributed job predicting its `share`, (rank, world))."""
+    process of a distributed job predicting its `share`, (rank, world)); `progress`: a bar of rows."""
     t = run.config.train
     model = run.model if model is None else model
     mode = mode or run.config.eval_mode
-    return evaluate(
-        model, run.family, run.tokenizer, run.tasks, run.dev_sets, t.batch_size, t.max_length, mode, share
-    )
+    data = (run.tasks, run.dev_sets, t.batch_size, t.max_length, mode, share)
+    return evaluate(model, run.family, run.tokenizer, *data, progress=progress)
 
 
 # -- the run folder ----------------------------------------------------------------------------------
@@ -327,13 +331,17 @@ def parameters(adapted: RankMixModel, heads: nn.ModuleList | None) -> dict[str, 
     return counts
 
 
-def best_summary(run: Run, results: dict[str, dict[str, float]], avg: float) -> dict[str, Any]:
-    """What results.json keeps of the best evaluation: scores, parameter counts and selected ranks."""
+def best_summary(
+    run: Run, results: dict[str, dict[str, float]], avg: float, expert_load: dict | None = None
+) -> dict[str, Any]:
+    """What results.json keeps of the best evaluation: scores, parameter counts, selected ranks and the
+    expert load that evaluation counted (token routing), so that reports need not run the dev set again."""
     return {
         "average": avg,
         "tasks": results,
         "parameters": parameters(run.adapted, run.heads),
         "selected_ranks": mean_selected_ranks(run.adapted),
+        "expert_load": expert_load,
     }
 
 
@@ -344,6 +352,7 @@ def results(run: Run, state: dict, wall: float, processes: int) -> dict:
         "tasks": {},
         "parameters": parameters(run.adapted, run.heads),
         "selected_ranks": None,
+        "expert_load": None,
     }
     return {
         "model": run.config.model,
@@ -355,6 +364,7 @@ def results(run: Run, state: dict, wall: float, processes: int) -> dict:
         "tasks": best["tasks"],
         "parameters": best["parameters"],  # of the saved (best) adapter
         "selected_ranks": best["selected_ranks"],
+        "expert_load": best.get("expert_load"),  # checkpoints before it: none
         "wall_time_s": round(wall, 1),
         "processes": processes,
         "history": state["history"],
@@ -365,20 +375,32 @@ def write_results(out: Path, data: dict) -> None:
     write_json(out / RESULTS, data)
 
 
-def router_report(run: Run) -> dict[str, Any]:
+def router_report(run: Run, expert_load: dict | None = None) -> dict[str, Any]:
     """The adapter's allocation and router statistics: selected ranks (task routing), and the expert load
-    over the dev set (token routing: the routers count it while the dev set runs through them)."""
+    over the dev set (token routing): the one given (what training's evaluation of this adapter counted,
+    `stored_expert_load`), or else counted by running the dev set through the routers."""
     adapted = run.adapted
-    if adapted.method.token_routed:
+    if adapted.method.token_routed and expert_load is None:
         evaluate_run(run, mode="score")
-    return {"allocation": allocation(adapted), **adapted.router_stats()}
+    report = {"allocation": allocation(adapted), **adapted.router_stats()}
+    if adapted.method.token_routed and expert_load is not None:
+        report["expert_load"] = expert_load
+    return report
 
 
-def plot_run(run: Run, out: Path) -> list[Path]:
-    """PNGs of the run's adapter: allocation; selected ranks (task routing); expert load (token routing)."""
+def stored_expert_load(adapter_folder: Path) -> dict | None:
+    """The expert load that the evaluation which saved this adapter counted, from the results.json beside
+    it (None: no results.json there, or one written before the load was kept)."""
+    file = adapter_folder.parent / RESULTS
+    return json.loads(file.read_text()).get("expert_load") if file.is_file() else None
+
+
+def plot_run(run: Run, out: Path, expert_load: dict | None = None) -> list[Path]:
+    """PNGs of the run's adapter: allocation; selected ranks (task routing); expert load (token routing:
+    the one given, or counted again over the dev set)."""
     from ..plots import plot_allocation, plot_expert_load, plot_selected_ranks  # matplotlib: only here
 
-    report = router_report(run)
+    report = router_report(run, expert_load)
     written = [plot_allocation(report["allocation"], out / "allocation.png")]
     if "selected_ranks" in report:
         written.append(plot_selected_ranks(report["selected_ranks"], out / "selected_ranks.png"))

@@ -115,9 +115,7 @@ def routing_log(run: Run, reduce: Callable[..., torch.Tensor]) -> dict[str, floa
     record: dict[str, float] = {}
     routers = token_routers(run)
     if routers:
-        counts = torch.cat([torch.cat([r.load, r.tokens[None]]) for r in routers])
-        counts = reduce(counts, reduction="sum").split([r.load.numel() + 1 for r in routers])
-        used = [(c[:-1], c[-1]) for c in counts if c[-1] > 0]
+        used = [(r.load, r.tokens) for r in sum_router_counts(routers, reduce) if r.tokens > 0]
         if used:
             record["router/experts_per_token"] = sum(float(n.sum() / t) for n, t in used) / len(used)
             record["router/top_expert_share"] = sum(float(n.max() / n.sum()) for n, _ in used) / len(used)
@@ -128,6 +126,27 @@ def routing_log(run: Run, reduce: Callable[..., torch.Tensor]) -> dict[str, floa
             ranks = mean_selected_ranks(run.adapted)
         record.update({f"router/mean_rank/{task}": rank for task, rank in ranks.items()})
     return record
+
+
+def sum_router_counts(routers: list, reduce: Callable[..., torch.Tensor]) -> list:
+    """Each token router's counts (assignments per expert, tokens) summed over every process, in place,
+    in one collective; returns the routers."""
+    counts = torch.cat([torch.cat([r.load, r.tokens[None]]) for r in routers])
+    summed = reduce(counts, reduction="sum").split([r.load.numel() + 1 for r in routers])
+    for r, c in zip(routers, summed, strict=True):
+        r.load.copy_(c[:-1])
+        r.tokens.copy_(c[-1])
+    return routers
+
+
+def evaluation_load(run: Run, reduce: Callable[..., torch.Tensor]) -> dict | None:
+    """The expert load of the evaluation that just ran (token routing; None otherwise), over every
+    process; the counts are reset, since the evaluation's tokens are not training's routing."""
+    routers = token_routers(run)
+    if not routers:
+        return None
+    sum_router_counts(routers, reduce)
+    return run.adapted.router_stats(reset=True).get("expert_load")
 
 
 def param_groups(run: Run) -> list[dict]:
@@ -279,16 +298,17 @@ def _fit(run: Run, accelerator: Any, fsdp: bool, progress: bool, start_time: flo
         accelerator.wait_for_everyone()
 
     def run_eval(step: int) -> None:
-        scores = evaluate_run(run, accelerator.unwrap_model(model), share=share)
-        for router in token_routers(run):  # the evaluation's tokens are not training's routing
+        for router in token_routers(run):  # count the evaluation's tokens only
             router.reset_stats()
+        scores = evaluate_run(run, accelerator.unwrap_model(model), share=share, progress=progress)
+        load = evaluation_load(run, accelerator.reduce)
         avg = average(scores)
         emit({"step": step, "eval/average": avg, **{f"eval/{k}": r["score"] for k, r in scores.items()}})
         state["history"].append({"step": step, "average": avg, "tasks": scores})
         if state["best"] is None or avg > state["best"]["average"]:
             state["best_step"] = step
             with full_parameters(run.model):  # FSDP: statistics read whole parameters
-                state["best"] = best_summary(run, scores, avg)
+                state["best"] = best_summary(run, scores, avg, load)
             save_adapter(run, out / ADAPTER_DIR, write=main)
         if main:
             write_results(out, results(run, state, wall_time(), accelerator.num_processes))
