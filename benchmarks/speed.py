@@ -4,6 +4,7 @@ and the inference latency of a merged MoRE model against its base model.
     python benchmarks/speed.py                      # both models (MiniLM-L6, SmolLM2-135M)
     python benchmarks/speed.py --models minilm --steps 3
     python benchmarks/speed.py --random-weights     # on a GPU machine without the model packages
+    python benchmarks/speed.py --decoder-loss       # SmolLM2's loss on answer tokens: labelled rows vs all
 
 Variants are stepped round-robin so machine noise hits all of them alike; every number is reported
 as a ratio against PEFT LoRA (training) or the base model (inference) from the same run. Peak memory
@@ -30,6 +31,8 @@ import torch
 from torch import nn
 
 from rankmix import HiLoConfig, LoRAConfig, MoLAConfig, MoREConfig, get_model
+from rankmix.data.collate import IGNORE
+from rankmix.families import FAMILIES
 from rankmix.files import write_json, write_text
 from rankmix.model import find_targets
 from rankmix.pretrained import load_smollm2, minilm_path
@@ -39,6 +42,11 @@ ROOT = Path(__file__).resolve().parent
 TASKS = ["t0", "t1", "t2", "t3"]
 VARIANTS = ["peft-lora", "lora", "more", "hilo", "mola", "hilo-loop"]
 DROPOUT = 0.1
+# --decoder-loss: each method with transformers' loss over every position, and with rankmix's decoder loss
+# on the labelled positions only ("-labelled"), on batches labelled like multiple-choice answers
+LABELLED = "-labelled"
+DECODER_LOSS_VARIANTS = ["lora", "lora" + LABELLED, "more", "more" + LABELLED]
+ANSWER_TOKENS = 6  # labelled tokens per row: an option's text and the end of the row
 
 
 # The two models' architectures, for --random-weights: same shapes, so the same step cost.
@@ -150,18 +158,25 @@ def sync(device: torch.device) -> None:
 
 
 def prepare(
-    name: str, device: torch.device, random_weights: bool
+    name: str, device: torch.device, random_weights: bool, answers: bool = False
 ) -> tuple[nn.Module, dict, dict, torch.Tensor]:
-    """The base model, one adapted copy per variant (non-zero B, same seed), the batch and task ids."""
+    """The base model, one adapted copy per variant (non-zero B, same seed), the batch and task ids.
+    `answers` (--decoder-loss): labels on each row's last ANSWER_TOKENS tokens only, and its variants."""
     torch.manual_seed(0)
     base, (batch, seq) = load_base(name, random_weights), BATCHES[name]
     base.to(device)
     targets = find_targets(base, "all-linear")
     input_ids = torch.randint(5, base.config.vocab_size, (batch, seq), device=device)
     labels = torch.randint(0, 2, (batch,), device=device) if name == "minilm" else input_ids
+    if answers:
+        labels = torch.full_like(input_ids, IGNORE)
+        labels[:, -ANSWER_TOKENS:] = input_ids[:, -ANSWER_TOKENS:]
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
     task_ids = torch.arange(batch, device=device) % len(TASKS)
-    models = {v: build(v, copy.deepcopy(base), targets).to(device).train() for v in VARIANTS}
+    variants = DECODER_LOSS_VARIANTS if answers else VARIANTS
+    models = {
+        v: build(v.removesuffix(LABELLED), copy.deepcopy(base), targets).to(device).train() for v in variants
+    }
     for m in models.values():  # non-zero B so every path does real work
         for p_name, p in m.named_parameters():
             if "lora_B" in p_name:
@@ -170,9 +185,12 @@ def prepare(
 
 
 def train_step(variant: str, model: nn.Module, optim: torch.optim.Optimizer, inputs: dict, task_ids) -> None:
-    extra = {} if variant == "peft-lora" else {"task_ids": task_ids}
+    batch = inputs if variant == "peft-lora" else {**inputs, "task_ids": task_ids}
     optim.zero_grad(set_to_none=True)
-    model(**inputs, **extra).loss.backward()
+    if variant.endswith(LABELLED):  # what rankmix's training loop runs for a decoder
+        FAMILIES["decoder"].train_outputs(model, batch).loss.backward()
+    else:
+        model(**batch).loss.backward()
     optim.step()
 
 
@@ -183,9 +201,11 @@ def make_optims(models: dict) -> dict:
     }
 
 
-def memory_pass(name: str, device: torch.device, random_weights: bool) -> dict[str, int]:
+def memory_pass(
+    name: str, device: torch.device, random_weights: bool, answers: bool = False
+) -> dict[str, int]:
     """Peak working memory of one training step per variant, after a warm-up step (optimizer state exists)."""
-    _, models, inputs, task_ids = prepare(name, device, random_weights)
+    _, models, inputs, task_ids = prepare(name, device, random_weights, answers)
     optims = make_optims(models)
     peaks = {}
     for v, m in models.items():
@@ -198,12 +218,15 @@ def memory_pass(name: str, device: torch.device, random_weights: bool) -> dict[s
     return peaks
 
 
-def run_memory_pass(name: str, device: torch.device, random_weights: bool) -> dict[str, int]:
+def run_memory_pass(
+    name: str, device: torch.device, random_weights: bool, answers: bool = False
+) -> dict[str, int]:
     if device.type == "cuda":
-        return memory_pass(name, device, random_weights)
+        return memory_pass(name, device, random_weights, answers)
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed tensors go back to the kernel
+    flags = ["--random-weights"] * random_weights + ["--decoder-loss"] * answers
     out = subprocess.run(
-        [sys.executable, __file__, "--memory-pass", name] + ["--random-weights"] * random_weights,
+        [sys.executable, __file__, "--memory-pass", name, *flags],
         env=env,
         check=True,
         capture_output=True,
@@ -212,14 +235,11 @@ def run_memory_pass(name: str, device: torch.device, random_weights: bool) -> di
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_model(name: str, steps: int, warmup: int, device: torch.device, random_weights: bool) -> dict:
-    base, models, inputs, task_ids = prepare(name, device, random_weights)
-    with torch.no_grad():  # the loop reference must compute what the fused bank computes
-        models["hilo-loop"].load_state_dict(models["hilo"].state_dict())
-        fused, loop = (models[v].eval()(**inputs).logits for v in ("hilo", "hilo-loop"))
-        assert torch.allclose(fused, loop, atol=1e-4), "loop reference disagrees with the fused bank"
+def step_times(name: str, models: dict, inputs: dict, task_ids, steps: int, warmup: int, device) -> dict:
+    """{variant: median training-step seconds}, the variants stepped round-robin so that machine noise
+    hits them alike."""
     optims = make_optims(models)
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    times: dict[str, list[float]] = {v: [] for v in models}
     for step in range(warmup + steps):
         for v, m in models.items():
             m.train()
@@ -230,14 +250,64 @@ def bench_model(name: str, steps: int, warmup: int, device: torch.device, random
             if step >= warmup:
                 times[v].append(time.perf_counter() - t0)
         print(f"  {name} step {step + 1}/{warmup + steps} done", flush=True)
-    train = {v: {"step_s": statistics.median(times[v])} for v in VARIANTS}
+    return {v: statistics.median(t) for v, t in times.items()}
+
+
+def bench_decoder_loss(steps: int, warmup: int, device: torch.device, random_weights: bool) -> dict:
+    """SmolLM2 steps on answer-labelled batches: each method's step time and peak memory with the loss on
+    the labelled positions only, against transformers' loss over every position, measured together."""
+    _, models, inputs, task_ids = prepare("smollm2", device, random_weights, answers=True)
+    seconds = step_times("smollm2", models, inputs, task_ids, steps, warmup, device)
+    del models
+    print("  memory pass ...", flush=True)
+    peaks = run_memory_pass("smollm2", device, random_weights, answers=True)
+    methods = {}
+    for method in sorted({v.removesuffix(LABELLED) for v in DECODER_LOSS_VARIANTS}):
+        full, fast = method, method + LABELLED
+        methods[method] = {
+            "full_step_s": seconds[full],
+            "labelled_step_s": seconds[fast],
+            "step_ratio": seconds[fast] / seconds[full],
+            "full_peak_mb": peaks[full] / 2**20,
+            "labelled_peak_mb": peaks[fast] / 2**20,
+            "peak_ratio": peaks[fast] / peaks[full],
+        }
+    return {"batch": list(inputs["input_ids"].shape), "answer_tokens": ANSWER_TOKENS, "methods": methods}
+
+
+def decoder_loss_table(results: dict) -> str:
+    r = results["decoder_loss"]
+    lines = [
+        f"SmolLM2-135M, batch {r['batch'][0]}x{r['batch'][1]}, labels on the last {r['answer_tokens']} "
+        "tokens of each row (a multiple-choice answer):",
+        "",
+        "| method | step, loss over every position (s) | step, labelled positions (s) | ratio "
+        "| peak, every position (MiB) | peak, labelled (MiB) | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, m in r["methods"].items():
+        lines.append(
+            f"| {method} | {m['full_step_s']:.3f} | {m['labelled_step_s']:.3f} | {m['step_ratio']:.2f}x "
+            f"| {m['full_peak_mb']:.0f} | {m['labelled_peak_mb']:.0f} | {m['peak_ratio']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def bench_model(name: str, steps: int, warmup: int, device: torch.device, random_weights: bool) -> dict:
+    base, models, inputs, task_ids = prepare(name, device, random_weights)
+    with torch.no_grad():  # the loop reference must compute what the fused bank computes
+        models["hilo-loop"].load_state_dict(models["hilo"].state_dict())
+        fused, loop = (models[v].eval()(**inputs).logits for v in ("hilo", "hilo-loop"))
+        assert torch.allclose(fused, loop, atol=1e-4), "loop reference disagrees with the fused bank"
+    seconds = step_times(name, models, inputs, task_ids, steps, warmup, device)
+    train = {v: {"step_s": seconds[v]} for v in VARIANTS}
     for v in VARIANTS:
         train[v]["step_ratio"] = train[v]["step_s"] / train["peft-lora"]["step_s"]
         if hasattr(models[v], "parameter_counts"):
             train[v]["params"] = models[v].parameter_counts()
 
     more = models.pop("more").eval()
-    del models, optims
+    del models
     merged = more.merge_and_unload(task=0).eval()
     plain = base.eval()
     mask = inputs["attention_mask"]
@@ -298,8 +368,9 @@ def write_markdown(results: dict, path: Path, section: str) -> None:
     body = (
         f"Command: `{c['command']}`  \nDevice: {c['device']}, torch {c['torch']}, "
         f"{c['threads']} threads, {c['weights']} weights, {c['steps']} timed steps after {c['warmup']} "
-        f"warm-up (medians), dropout {DROPOUT}, all linear layers of every block adapted.\n\n{table(results)}"
+        f"warm-up (medians), dropout {DROPOUT}, all linear layers of every block adapted.\n\n"
     )
+    body += decoder_loss_table(results) if "decoder_loss" in results else table(results)
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     write_text(path, replace_section(text, section, body, heading="Speed and memory"))
 
@@ -318,12 +389,18 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="default: results/speed.json (speed-cuda.json on a GPU)")
     parser.add_argument("--markdown", type=Path, default=ROOT.parent / "BENCHMARKS.md")
+    parser.add_argument(
+        "--decoder-loss",
+        action="store_true",
+        help="only SmolLM2's training step with the loss on the labelled positions against every position",
+    )
     parser.add_argument("--memory-pass", help=argparse.SUPPRESS)  # internal: one model's memory, as JSON
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     section = "speed" if device.type == "cpu" else "speed-cuda"  # a GPU run keeps the CPU table
+    section += "-decoder-loss" if args.decoder_loss else ""
     if args.memory_pass:
-        print(json.dumps(memory_pass(args.memory_pass, device, args.random_weights)))
+        print(json.dumps(memory_pass(args.memory_pass, device, args.random_weights, args.decoder_loss)))
         return
     results = {
         "conditions": {
@@ -340,12 +417,15 @@ def main() -> None:
         },
         "models": {},
     }
-    for name in args.models:
+    if args.decoder_loss:
+        print("benchmarking the decoder loss ...", flush=True)
+        results["decoder_loss"] = bench_decoder_loss(args.steps, args.warmup, device, args.random_weights)
+    for name in [] if args.decoder_loss else args.models:
         print(f"benchmarking {name} ...", flush=True)
         results["models"][name] = bench_model(name, args.steps, args.warmup, device, args.random_weights)
     write_json(args.out or ROOT / "results" / f"{section}.json", results)
     write_markdown(results, args.markdown, section)
-    print(table(results))
+    print(decoder_loss_table(results) if args.decoder_loss else table(results))
 
 
 if __name__ == "__main__":

@@ -82,6 +82,11 @@ class ModelFamily(abc.ABC):
         """The module that trains: the adapted model itself, or the adapted body with task heads."""
         return adapted
 
+    def train_outputs(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        """The outputs of the wrapped `model` on one padded training batch, `loss` the task loss plus the
+        weighted aux losses: what rankmix's training loop back-propagates."""
+        return model(**batch)
+
     def check_rows(self, tokenizer: Any, task: Task, examples: Sequence[Example], max_length: int) -> None:
         """Warn, before predicting, of rows whose candidates the model cannot tell apart (an encoder's
         multiple-choice rows cut to max_length)."""
@@ -306,6 +311,32 @@ class DecoderFamily(GenerativeFamily):
 
     def pair_ids(self, tokenizer, context, text, eos, max_length):
         return continuation_ids(tokenizer, context, text, eos)
+
+    def train_outputs(self, model, batch):
+        """The LM head and the log-softmax run only at the positions whose next token is labelled (a
+        multiple-choice answer's few tokens of 128; the head of SmolLM2 is a fifth of its forward's work):
+        the loss transformers computes over every position (the mean cross-entropy of the labelled
+        tokens) and the same gradients. A head that rankmix adapts itself runs over every position."""
+        head = _language_model(model).get_output_embeddings()
+        if not isinstance(head, nn.Linear):
+            return model(**batch)
+        inputs = dict(batch)
+        targets = inputs.pop("labels")[:, 1:]
+        labelled = targets != IGNORE
+
+        def select(_: nn.Module, args: tuple) -> tuple:
+            """The head's input: of the hidden states [batch, positions, width], the labelled [n, width]."""
+            return (args[0][:, :-1][labelled], *args[1:])
+
+        hook = head.register_forward_pre_hook(select)
+        try:
+            outputs = model(**inputs)
+        finally:
+            hook.remove()
+        loss = F.cross_entropy(outputs.logits.float(), targets[labelled])
+        aux = outputs.get("aux_loss")
+        outputs["loss"] = loss if aux is None else loss + aux.to(loss.dtype)
+        return outputs
 
     def fit(self, context, continuation_length, max_length):
         return cut_context(context, continuation_length, max_length)  # one sequence shares max_length

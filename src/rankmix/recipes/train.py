@@ -325,7 +325,7 @@ def _fit(run: Run, accelerator: Any, fsdp: bool, progress: bool, start_time: flo
             task_ids.append(batch["task_ids"])
             batch = {k: v.to(accelerator.device, non_blocking=pin) for k, v in batch.items()}
             with nullcontext() if micro == t.grad_accum - 1 else accelerator.no_sync(model):
-                outputs = model(**batch)
+                outputs = run.family.train_outputs(model, batch)
                 accelerator.backward(outputs.loss / t.grad_accum)
             loss += outputs.loss.detach()
         status = torch.stack([loss, torch.tensor(float(stop_signal), device=loss.device)])
