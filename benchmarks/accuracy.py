@@ -147,6 +147,7 @@ COMMONSENSE_CALIBRATION = (
     _calibration("9tasks", 150, "1e-3"),
     _calibration("7tasks", 150, "1e-3"),
     _calibration("7tasks", 150, "2e-3"),
+    _calibration("7tasks", 200, "1e-3"),  # with the loss on labelled positions only (commit 232ce5d)
 )
 ZERO_SHOT_PARAMETERS = {"trainable": 0, "adapter": 0, "router": 0, "active_per_token": 0}
 CHECKPOINT_EVERY = 25  # steps: what an interrupted run loses at most
