@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from rankmix.layers import (
     AdaptedLinear,
@@ -280,18 +281,6 @@ def test_invalid_configs_raise():
 # ---------------------------------------------------------------- AdaptedLinear
 
 
-class Conv1D(nn.Module):
-    """GPT-2 style layer that stores its weight as (d_in, d_out): forward = x @ weight + bias."""
-
-    def __init__(self, d_in: int, d_out: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(d_in, d_out))
-        self.bias = nn.Parameter(torch.randn(d_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight + self.bias
-
-
 def merged_output(base, weight_delta, x, fan_in_fan_out):
     """The base layer's computation with its weight replaced by weight + delta."""
     if fan_in_fan_out:
@@ -318,9 +307,12 @@ def build_layer(router_kind, seed, fan_in_fan_out, n_tasks=3, d_in=8, d_out=6):
             router.task_embedding.normal_()
     else:
         router = SharedRouter()
-    base = Conv1D(d_in, d_out) if fan_in_fan_out else nn.Linear(d_in, d_out)
+    base = Conv1D(d_out, d_in) if fan_in_fan_out else nn.Linear(d_in, d_out)  # GPT-2's: weight (d_in, d_out)
+    if fan_in_fan_out:
+        nn.init.normal_(base.bias)
     context = RoutingContext()
-    layer = AdaptedLinear(base, bank, router, context, fan_in_fan_out=fan_in_fan_out).double().eval()
+    layer = AdaptedLinear(base, bank, router, context).double().eval()
+    assert layer.fan_in_fan_out == fan_in_fan_out  # the base layer's kind says how its weight is stored
     return layer, context, n_tasks
 
 

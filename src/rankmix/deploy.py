@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .files import write_json
+from .layers.base import Quantized, base_layer_kind
 from .persistence import CONFIG_NAME, WEIGHTS_NAME, base_model_name, save_tensors
 
 if TYPE_CHECKING:
@@ -35,13 +36,31 @@ def resolve_task(model: RankMixModel, task: int | str | None) -> int:
 
 @torch.no_grad()
 def merge_and_unload(model: RankMixModel, task: int | str | None = None) -> nn.Module:
-    """Fold `task`'s adapter into the base weights and return the plain base model (changed in place)."""
+    """Fold `task`'s adapter into the base weights and return the plain base model (changed in place).
+    Over a quantized base (bitsandbytes), each adapted layer is dequantized, merged and kept in float32
+    (quantizing it again would round the update away), and transformers dequantizes the other layers and
+    drops the quantization config: the result is a float model of the base's architecture."""
     t = resolve_task(model, task)
     modules = [m for _, m in model.adapted_modules()]
     deltas = [m.delta_weight(t) for m in modules]  # all first: a refusal must leave the model intact
     for m, delta in zip(modules, deltas, strict=True):
-        m.base_layer.weight += delta.to(m.base_layer.weight.dtype)
-    return model.unload()
+        m.base_layer = m.kind.merge(m.base_layer, delta)
+    return dequantized(model.unload())
+
+
+def dequantized(model: nn.Module) -> nn.Module:
+    """`model` as a float model: its bitsandbytes layers dequantized (layers/base.py; transformers'
+    `dequantize()` misreads 4-bit weights that bitsandbytes repacked for the CPU), and the model no longer
+    says it is quantized (a saved config that still did would quantize it again when loaded)."""
+    for name, module in list(model.named_modules()):
+        kind = base_layer_kind(module)
+        if isinstance(kind, Quantized):
+            model.set_submodule(name, kind.dequantize(module))
+    config = getattr(model, "config", None)
+    if hasattr(config, "quantization_config"):
+        model.is_quantized, model.hf_quantizer = False, None
+        del config.quantization_config
+    return model
 
 
 @torch.no_grad()

@@ -65,10 +65,11 @@ class ModelFamily(abc.ABC):
     # DDP must be told when a step leaves parameters without gradient (heads of tasks not in the batch)
     find_unused_parameters: ClassVar[bool] = False
 
-    def load_base(self, path: str) -> nn.Module:
+    def load_base(self, path: str, **options: Any) -> nn.Module:
+        """The base model at `path` (a folder or hub id); `options` go to `from_pretrained`."""
         import transformers
 
-        return getattr(transformers, self.auto_class).from_pretrained(path)
+        return getattr(transformers, self.auto_class).from_pretrained(path, **options)
 
     def check(self, tasks: Sequence[Task], mode: str = "score") -> None:
         """Refuse, before any long work, tasks or an evaluation mode this family cannot serve."""

