@@ -155,3 +155,21 @@ def test_sft_trainer_without_a_task_column_fails_before_training(tiny, tmp_path)
             train_dataset=rows,
             processing_class=tokenizer,
         )
+
+
+def test_trainer_gradient_checkpointing_trains_as_without(tiny, tmp_path):
+    """The Trainer's gradient_checkpointing=True (non-reentrant, transformers' default) on the example's
+    MoRE model: the same losses, step by step, as without it."""
+    module = _example("trainer")
+    tokenizer, base = tiny
+    settings = {"learning_rate": 1e-2, "logging_steps": 1, "save_steps": 100, "seed": 0}
+    _, plain = module.train(base(), tokenizer, tmp_path / "plain", steps=3, **settings)
+    model, checkpointed = module.train(
+        base(), tokenizer, tmp_path / "ckpt", 3, gradient_checkpointing=True, **settings
+    )
+    assert model.base_model.is_activation_checkpointing
+
+    def losses(trainer) -> list[float]:
+        return [r["loss"] for r in trainer.state.log_history if "loss" in r]
+
+    assert len(losses(plain)) == 3 and losses(checkpointed) == pytest.approx(losses(plain), rel=1e-4)

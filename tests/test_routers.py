@@ -119,8 +119,10 @@ def test_top_p_activates_fewer_experts_than_top_k(seed):
     dynamic = token_router(seed, 16, 8, top_k, top_p=0.5)
     dynamic.load_state_dict(dense.state_dict())
     x = 3 * torch.randn(8, 32, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    k_counts = (dense(x, None)[0] > 0).sum(-1).double()
-    p_counts = (dynamic(x, None)[0] > 0).sum(-1).double()
+    k_gates, p_gates = dense(x, None)[0], dynamic(x, None)[0]
+    dense.record(k_gates, None)
+    dynamic.record(p_gates, None)
+    k_counts, p_counts = (k_gates > 0).sum(-1).double(), (p_gates > 0).sum(-1).double()
     assert (k_counts == top_k).all()
     assert (p_counts <= top_k).all()
     assert p_counts.mean() < top_k - 1
@@ -192,8 +194,8 @@ def test_balance_loss_collapsed_routing_is_large():
 @pytest.mark.parametrize("top_p", [None, 0.5])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_load_counters_accumulate_and_reset(top_p, seed):
-    """`load` counts token-expert assignments per expert and `tokens` counts tokens, summed over calls;
-    reset_stats() zeroes both."""
+    """`load` counts token-expert assignments per expert and `tokens` counts tokens, summed over the
+    forwards recorded (`record`: the adapted layer's call in a real forward); reset_stats() zeroes both."""
     router = token_router(seed, 8, 6, 3, top_p=top_p)
     g = torch.Generator().manual_seed(seed)
     xs = [torch.randn(2, 5, 8, generator=g, dtype=torch.float64), torch.randn(7, 8, generator=g).double()]
@@ -201,7 +203,7 @@ def test_load_counters_accumulate_and_reset(top_p, seed):
     tokens = 0
     for x in xs:
         gates, _ = reference_token_gates(router, x, top_p=top_p)
-        router(x, None)
+        router.record(router(x, None)[0], None)
         load += (gates.reshape(-1, 6) > 0).sum(0)
         tokens += gates.reshape(-1, 6).shape[0]
         torch.testing.assert_close(router.load.double(), load, rtol=0, atol=0)
@@ -457,9 +459,11 @@ def test_token_mask_keeps_padding_out_of_balance_and_load(top_p):
     x = torch.randn(3, 5, 8, dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
     gates, aux = router(x, None, mask)
+    router.record(gates, mask)
     load, tokens = router.load.clone(), router.tokens.clone()
     router.reset_stats()
     real_gates, real_aux = router(x[mask.bool()], None)
+    router.record(real_gates, None)
     torch.testing.assert_close(aux["balance"], real_aux["balance"])
     torch.testing.assert_close(load, router.load)
     assert tokens == router.tokens == mask.sum()

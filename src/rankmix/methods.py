@@ -31,8 +31,8 @@ class Method:
 
     task_routed: the gates depend on the task id (so every forward needs `task_ids`, the method takes
         the run's task list, and each task has its own LoRA to inspect, merge and export);
-    token_routed: the gates depend on each token; its routers count expert load (`load`, `tokens`,
-        `reset_stats()`, as `TokenRouter` does) for statistics and plots;
+    token_routed: the gates depend on each token; its routers count expert load (`Router.record`, into
+        `load` and `tokens`, as `TokenRouter` does) for statistics and plots;
     mergeable: one plain LoRA per task (or one for all) reproduces the adapter exactly;
     nested: the experts are prefixes of one max-rank LoRA (MoRE) rather than disjoint blocks.
     """

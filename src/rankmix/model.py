@@ -212,12 +212,26 @@ class RankMixModel(nn.Module):
         # task_ids stay set after the call, so gradient checkpointing can recompute the forward pass
         self._context.task_ids = self._task_tensor(task_ids)
         self._context.token_mask = token_mask
-        self._context.collect = collect
+        self._context.active, self._context.collect = True, collect
         self._context.aux = []
         try:
             yield
         finally:
-            self._context.collect = False
+            self._context.active = self._context.collect = False
+
+    def _check_checkpointing(self) -> None:
+        """Refuse reentrant activation checkpointing: it runs each block's forward without autograd and
+        keeps only the gradients that flow through the block's outputs, so the auxiliary losses computed
+        inside the blocks would train nothing (the non-reentrant variant keeps them: tests)."""
+        for module in self.base_model.modules():
+            keywords = getattr(getattr(module, "_gradient_checkpointing_func", None), "keywords", {})
+            if getattr(module, "gradient_checkpointing", False) and keywords.get("use_reentrant", False):
+                raise ValueError(
+                    "reentrant activation checkpointing drops the gradients of rankmix's auxiliary losses "
+                    "(MoRE's contrastive loss, the routers' balance loss); enable it without reentrancy: "
+                    "gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False}) "
+                    "(transformers' default), or train.gradient_checkpointing: true in a recipe"
+                )
 
     def forward(
         self,
@@ -245,6 +259,8 @@ class RankMixModel(nn.Module):
             "decoder_attention_mask": decoder_attention_mask,
         }
         kwargs.update({k: v for k, v in named.items() if v is not None})
+        if self.training and torch.is_grad_enabled() and any(self.adapter_config.aux_weights().values()):
+            self._check_checkpointing()
         with self._routing(task_ids, collect=True, token_mask=attention_mask):
             outputs = self.base_model(*args, **kwargs)
             aux = self._context.aux

@@ -19,6 +19,7 @@ class RoutingContext:
 
     task_ids: torch.Tensor | None = None
     token_mask: torch.Tensor | None = None
+    active: bool = False  # inside the model's forward or generate (not a recomputation after it)
     collect: bool = False
     aux: list[tuple[str, torch.Tensor]] = field(default_factory=list)
 
@@ -81,9 +82,12 @@ class AdaptedLinear(nn.Module):
         result = self.base_layer(x)
         xa = x.to(self.bank.lora_A.dtype)
         context = self._context
-        gates, aux = self.router(xa, context.task_ids_for(x), context.token_mask_for(x))
-        if self._context.collect:
-            self._context.aux.extend(aux.items())
+        token_mask = context.token_mask_for(x)
+        gates, aux = self.router(xa, context.task_ids_for(x), token_mask)
+        if context.active:  # gradient checkpointing recomputes this after the forward: count once
+            self.router.record(gates, token_mask)
+        if context.collect:
+            context.aux.extend(aux.items())
         return result + self.bank(xa, gates).to(result.dtype)
 
     def task_factors(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:

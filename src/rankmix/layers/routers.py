@@ -33,6 +33,26 @@ class Router(Protocol):
         """The LoRA rank one token uses, given the experts' ranks (a mean over tasks where it varies)."""
         ...
 
+    def record(self, gates: torch.Tensor | None, token_mask: torch.Tensor | None) -> None:
+        """Count the experts a forward used (token routers keep `load` and `tokens` for statistics; the
+        others keep nothing). The adapted layer calls it in the model's forward, never in gradient
+        checkpointing's recomputation of it, so every token counts once."""
+        ...
+
+    def reset_stats(self) -> None:
+        """Forget what `record` counted."""
+        ...
+
+
+class _Uncounted(nn.Module):
+    """A router whose gates follow the task (or nothing): no statistics to keep."""
+
+    def record(self, gates: torch.Tensor | None, token_mask: torch.Tensor | None) -> None:
+        return None
+
+    def reset_stats(self) -> None:
+        return None
+
 
 def _per_example(gates: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """(batch, E) -> (batch, 1, ..., 1, E) so that one gate row serves every position of an example."""
@@ -47,7 +67,7 @@ def _require(task_ids: torch.Tensor | None) -> torch.Tensor:
     return task_ids
 
 
-class SharedRouter(nn.Module):
+class SharedRouter(_Uncounted):
     """A single expert used by every token and task (plain LoRA)."""
 
     def forward(
@@ -62,7 +82,7 @@ class SharedRouter(nn.Module):
         return float(sum(ranks))
 
 
-class TaskRouter(nn.Module):
+class TaskRouter(_Uncounted):
     """Gates from the task alone: hard (expert t for task t, Multi-LoRA) or a soft softmax gate over a
     learned task embedding (MoELoRA)."""
 
@@ -102,7 +122,7 @@ class TaskRouter(nn.Module):
 MAX_RANK_HEAD_START = 0.1
 
 
-class TaskRankSelector(nn.Module):
+class TaskRankSelector(_Uncounted):
     """MoRE's adaptive rank selector: per-task embedding, softmax gate over nested experts, top-1 with a
     straight-through estimator (forward uses weight exactly 1 on the chosen expert, gradient reaches the
     gate and embeddings), and a contrastive loss that ties each task embedding to its inputs."""
@@ -211,10 +231,15 @@ class TokenRouter(nn.Module):
             chosen, flat = chosen[keep], flat[keep]
         fraction = chosen.sum(0) / chosen.sum().clamp(min=1)
         balance = probs.shape[-1] * (fraction * flat.sum(0) / max(flat.shape[0], 1)).sum()
-        with torch.no_grad():
-            self.load += chosen.sum(0)
-            self.tokens += chosen.shape[0]
         return gates, {"balance": balance}
+
+    @torch.no_grad()
+    def record(self, gates: torch.Tensor | None, token_mask: torch.Tensor | None) -> None:
+        chosen = (gates > 0).reshape(-1, gates.shape[-1])
+        if token_mask is not None:  # padding is no load
+            chosen = chosen[token_mask.reshape(-1).bool()]
+        self.load += chosen.sum(0)
+        self.tokens += chosen.shape[0]
 
     def task_gates(self, task: int) -> torch.Tensor:
         raise ValueError("token-routed experts depend on each token: there are no fixed gates per task")

@@ -125,6 +125,8 @@ def build_model(cfg: RunConfig, tasks: list[Task]) -> tuple[nn.Module, RankMixMo
     torch.manual_seed(cfg.train.seed)
     base, tokenizer, family = load_model(cfg.model, cfg.model_quantization)
     family.check(tasks, cfg.eval_mode)
+    if cfg.train.gradient_checkpointing:  # non-reentrant: the routers' aux losses keep their gradients
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     adapted = get_model(base, cfg.adapter_config())
     return family.wrap(adapted, tasks), adapted, tokenizer, family
 

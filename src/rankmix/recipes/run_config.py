@@ -35,6 +35,10 @@ class TrainConfig:
     warmup_steps: int = 100
     grad_accum: int = 1
     mixed_precision: str = "no"
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute each block's activations in the backward pass (less memory, slower)"},
+    )
     seed: int = 42
     data_seed: int | None = field(
         default=None,
@@ -65,6 +69,10 @@ class TrainConfig:
     max_eval_examples: int | None = None
 
     def validate(self) -> None:
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ValueError(
+                f"train.gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}"
+            )
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "log_every", "max_length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
