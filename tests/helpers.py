@@ -150,3 +150,23 @@ def generative_base(arch: str, tok, **config) -> nn.Module:
     else:
         ids |= {"decoder_start_token_id": tok.pad_token_id}
     return build_base(arch, vocab=len(tok), **ids, **config)
+
+
+SMALL_TASKS = ["a", "b", "c"]
+METHODS = ("lora", "more", "multilora", "moelora", "hilo", "mola")
+
+
+def small_config(method: str):
+    """A small config of `method` for 3 tasks (SMALL_TASKS), without dropout, so that two paths that must
+    compute the same network (checkpointed or not, full or selected logits) do."""
+    from rankmix import HiLoConfig, LoRAConfig, MoELoRAConfig, MoLAConfig, MoREConfig, MultiLoRAConfig
+
+    tasks = SMALL_TASKS
+    return {
+        "lora": lambda: LoRAConfig(r=4, dropout=0.0),
+        "more": lambda: MoREConfig(tasks=tasks, max_rank=4, alpha=8, dropout=0.0),
+        "multilora": lambda: MultiLoRAConfig(tasks=tasks, r=2, dropout=0.0),
+        "moelora": lambda: MoELoRAConfig(tasks=tasks, experts=2, rank=2, task_embedding_dim=4, dropout=0.0),
+        "hilo": lambda: HiLoConfig(experts="23", ranks="24", top_k=2, dropout=0.0),
+        "mola": lambda: MoLAConfig(experts="22", rank=2, top_k=1, dropout=0.0),
+    }[method]()

@@ -11,19 +11,10 @@ import copy
 import pytest
 import torch
 
-from helpers import build_base
-from rankmix import HiLoConfig, LoRAConfig, MoELoRAConfig, MoLAConfig, MoREConfig, MultiLoRAConfig, get_model
+from helpers import METHODS, build_base, small_config
+from rankmix import get_model
 from test_cli import _corpus, _tokenizer, ok, read_jsonl, recipe_dict, write_recipe
 
-TASKS = ["a", "b", "c"]
-CONFIGS = {  # no dropout: the two runs must compute the same network
-    "lora": lambda: LoRAConfig(r=4, dropout=0.0),
-    "more": lambda: MoREConfig(tasks=TASKS, max_rank=4, alpha=8, dropout=0.0),
-    "multilora": lambda: MultiLoRAConfig(tasks=TASKS, r=2, dropout=0.0),
-    "moelora": lambda: MoELoRAConfig(tasks=TASKS, experts=2, rank=2, task_embedding_dim=4, dropout=0.0),
-    "hilo": lambda: HiLoConfig(experts="23", ranks="24", top_k=2, dropout=0.0),
-    "mola": lambda: MoLAConfig(experts="22", rank=2, top_k=1, dropout=0.0),
-}
 NO_DROPOUT = {
     "llama": {},
     "bert": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
@@ -61,10 +52,10 @@ def step(model, arch: str) -> dict:
 
 @pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
 @pytest.mark.parametrize("arch", ["llama", "bert"])
-@pytest.mark.parametrize("method", sorted(CONFIGS))
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_checkpointing_gives_the_same_loss_gradients_and_counts(method, arch, reentrant):
     torch.manual_seed(0)
-    model = get_model(build_base(arch, **NO_DROPOUT[arch]), CONFIGS[method]()).train()
+    model = get_model(build_base(arch, **NO_DROPOUT[arch]), small_config(method)).train()
     for name, p in model.named_parameters():  # non-zero experts: every path does real work
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1)

@@ -8,18 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import build_base
-from rankmix import HiLoConfig, LoRAConfig, MoREConfig, MultiLoRAConfig, get_model
+from helpers import METHODS, build_base, small_config
+from rankmix import LoRAConfig, get_model
 from rankmix.data.collate import IGNORE
 from rankmix.families import FAMILIES
 
-TASKS = ["a", "b", "c"]
-CONFIGS = {  # no dropout: the two paths must see the same network
-    "lora": lambda: LoRAConfig(r=4, dropout=0.0),
-    "more": lambda: MoREConfig(tasks=TASKS, max_rank=4, alpha=8, dropout=0.0),
-    "multilora": lambda: MultiLoRAConfig(tasks=TASKS, r=2, dropout=0.0),
-    "hilo": lambda: HiLoConfig(experts="23", ranks="24", top_k=2, dropout=0.0),
-}
 NO_DROPOUT = {"gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}, "llama": {}}
 
 
@@ -45,10 +38,10 @@ def loss_and_grads(model, outputs) -> tuple[torch.Tensor, dict[str, torch.Tensor
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-@pytest.mark.parametrize("method", sorted(CONFIGS))
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_decoder_loss_on_labelled_positions_equals_the_full_logits_loss(arch, method):
     torch.manual_seed(0)
-    model = get_model(build_base(arch, **NO_DROPOUT[arch]), CONFIGS[method]()).train()
+    model = get_model(build_base(arch, **NO_DROPOUT[arch]), small_config(method)).train()
     for name, p in model.named_parameters():  # non-zero experts: every path does real work
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1)

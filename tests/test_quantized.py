@@ -13,14 +13,9 @@ import warnings
 import pytest
 import torch
 
-from helpers import build_base
+from helpers import METHODS, build_base, small_config
 from rankmix import (
-    HiLoConfig,
     LoRAConfig,
-    MoELoRAConfig,
-    MoLAConfig,
-    MoREConfig,
-    MultiLoRAConfig,
     RankMixModel,
     get_model,
 )
@@ -28,15 +23,6 @@ from test_cli import _corpus, _tokenizer, ok, recipe_dict, write_recipe
 
 bnb = pytest.importorskip("bitsandbytes")
 
-TASKS = ["a", "b"]
-CONFIGS = {
-    "lora": lambda: LoRAConfig(r=4, dropout=0.0),
-    "more": lambda: MoREConfig(tasks=TASKS, max_rank=4, alpha=8, dropout=0.0),
-    "multilora": lambda: MultiLoRAConfig(tasks=TASKS, r=2, dropout=0.0),
-    "moelora": lambda: MoELoRAConfig(tasks=TASKS, experts=2, rank=2, task_embedding_dim=4, dropout=0.0),
-    "hilo": lambda: HiLoConfig(experts="22", ranks="24", top_k=1, dropout=0.0),
-    "mola": lambda: MoLAConfig(experts="22", rank=2, top_k=1, dropout=0.0),
-}
 MERGEABLE = ("lora", "more", "multilora", "moelora")
 BITS = ("nf4", "int8")
 
@@ -65,7 +51,7 @@ def quantized(folder, bits: str):
 def trained(folder, bits: str, method: str) -> RankMixModel:
     """The adapted quantized model after two optimizer steps (non-zero experts), in eval mode."""
     torch.manual_seed(0)
-    model = get_model(quantized(folder, bits), CONFIGS[method]()).train()
+    model = get_model(quantized(folder, bits), small_config(method)).train()
     params = [p for p in model.parameters() if p.requires_grad]
     assert params and all(p.dtype == torch.float32 for p in params)  # the adapter's own float dtype
     before = [p.detach().clone() for p in params]
@@ -95,7 +81,7 @@ def logits(model, task: int | None = None, **kw) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("bits", BITS)
-@pytest.mark.parametrize("method", sorted(CONFIGS))
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_trains_saves_and_loads_over_a_quantized_base(folder, bits, method, tmp_path):
     model = trained(folder, bits, method)
     assert all(m.kind.name.startswith("bitsandbytes") for _, m in model.adapted_modules())
@@ -126,7 +112,7 @@ def test_export_loads_in_peft_and_merge_gives_a_float_model(folder, bits, method
 
 @pytest.mark.parametrize("method", ["hilo", "mola"])
 def test_token_routed_methods_refuse_to_merge_over_a_quantized_base(folder, method):
-    model = get_model(quantized(folder, "nf4"), CONFIGS[method]())
+    model = get_model(quantized(folder, "nf4"), small_config(method))
     with pytest.raises(ValueError, match="token-routed experts"):
         model.merge_and_unload()
     assert all(m.kind.name == "bitsandbytes Linear4bit" for _, m in model.adapted_modules())  # intact
