@@ -294,6 +294,16 @@ def test_hilo_loss_adds_weighted_balance_term(tiny):
     assert torch.allclose(out.loss, ce + 0.5 * aux, atol=ATOL)
 
 
+def test_an_aux_loss_no_config_weighs_is_an_error_not_dropped(tiny, monkeypatch):
+    """A router reporting a loss under a name its config does not weigh (a typo) fails the forward."""
+    _, model = build(tiny, "llama", "hilo")
+    router = next(m.router for _, m in model.adapted_modules())
+    forward = type(router).forward
+    monkeypatch.setattr(router, "forward", lambda *a: (forward(router, *a)[0], {"balanse": torch.ones(())}))
+    with pytest.raises(ValueError, match=r"auxiliary losses \['balanse'\] that hilo does not weigh"):
+        model(**tiny.batch("llama", labels=True))
+
+
 def test_more_backward_reaches_selector(tiny):
     """The loss gradient reaches every selector gate and task embedding (STE), and no base weight."""
     _, model = build(tiny, "llama", "more")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import collections.abc
 import dataclasses
+import enum
 import json
 import math
 import types
@@ -16,6 +17,14 @@ from typing import Any, ClassVar
 from .allocation import Profile, parse_profile, per_layer
 from .files import check_name, parse_json, read_utf8, read_yaml, write_json, write_yaml
 from .hints import did_you_mean
+
+
+class AuxLoss(enum.StrEnum):
+    """The auxiliary losses routers report and configs weigh, by name: one spelling for both sides."""
+
+    BALANCE = "balance"  # token routing: Switch-style load balance
+    CONTRASTIVE = "contrastive"  # MoRE: each task's embedding against its inputs
+
 
 SCALINGS = ("rank", "rslora", "constant")
 
@@ -91,7 +100,7 @@ class AdapterConfig(abc.ABC):
             return [self.alpha / math.sqrt(r) for r in ranks]
         return [self.alpha / self.largest_rank() for _ in ranks]
 
-    def aux_weights(self) -> dict[str, float]:
+    def aux_weights(self) -> dict[AuxLoss, float]:
         """Weights of the auxiliary losses this method adds to the task loss."""
         return {}
 
@@ -218,8 +227,8 @@ class _TokenRoutedConfig(AdapterConfig):
         n = per_layer(self.experts, n_layers, "experts")[layer]
         return [self.layer_rank(layer, n_layers)] * n
 
-    def aux_weights(self) -> dict[str, float]:
-        return {"balance": self.balance_weight}
+    def aux_weights(self) -> dict[AuxLoss, float]:
+        return {AuxLoss.BALANCE: self.balance_weight}
 
 
 @dataclass
@@ -356,8 +365,8 @@ class MoREConfig(AdapterConfig):
     def largest_rank(self) -> int:
         return max(self.expert_ranks(None, 0))
 
-    def aux_weights(self) -> dict[str, float]:
-        return {"contrastive": self.contrastive_weight}
+    def aux_weights(self) -> dict[AuxLoss, float]:
+        return {AuxLoss.CONTRASTIVE: self.contrastive_weight}
 
 
 CONFIGS: dict[str, type[AdapterConfig]] = {

@@ -276,7 +276,13 @@ class RankMixModel(nn.Module):
             by_kind[kind].append(value)
         means = {kind: torch.stack(values).mean() for kind, values in by_kind.items()}
         weights = self.adapter_config.aux_weights()
-        total = sum(weights.get(k, 0.0) * v for k, v in means.items())
+        unweighted = sorted(means.keys() - weights.keys())
+        if unweighted:  # a loss no config weighs would be dropped without a word
+            raise ValueError(
+                f"the routers reported auxiliary losses {unweighted} that {self.adapter_config.method} does "
+                f"not weigh (it weighs {sorted(weights)}); name them with rankmix.config.AuxLoss"
+            )
+        total = sum(weights[k] * v for k, v in means.items())
         if outputs.get("loss") is not None:
             outputs["loss"] = outputs["loss"] + total.to(outputs["loss"].dtype)
         outputs["aux_loss"] = total  # weighted, with gradient: for heads and losses computed outside

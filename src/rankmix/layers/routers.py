@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import AuxLoss
+
 
 @runtime_checkable
 class Router(Protocol):
@@ -176,7 +178,7 @@ class TaskRankSelector(_Uncounted):
             p = self.probs()[task_ids]
             hard = F.one_hot(p.argmax(dim=-1), p.shape[-1]).to(p.dtype)
             gates = p - p.detach() + hard
-        return _per_example(gates, x), {"contrastive": self.contrastive_loss(x, task_ids)}
+        return _per_example(gates, x), {AuxLoss.CONTRASTIVE: self.contrastive_loss(x, task_ids)}
 
     def contrastive_loss(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
@@ -231,7 +233,7 @@ class TokenRouter(nn.Module):
             chosen, flat = chosen[keep], flat[keep]
         fraction = chosen.sum(0) / chosen.sum().clamp(min=1)
         balance = probs.shape[-1] * (fraction * flat.sum(0) / max(flat.shape[0], 1)).sum()
-        return gates, {"balance": balance}
+        return gates, {AuxLoss.BALANCE: balance}
 
     @torch.no_grad()
     def record(self, gates: torch.Tensor | None, token_mask: torch.Tensor | None) -> None:
