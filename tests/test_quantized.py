@@ -8,10 +8,12 @@ these on the CPU; the module is skipped where it is not installed."""
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from helpers import METHODS, build_base, small_config
 from rankmix import (
@@ -19,7 +21,7 @@ from rankmix import (
     RankMixModel,
     get_model,
 )
-from test_cli import _corpus, _tokenizer, ok, recipe_dict, write_recipe
+from test_cli import _corpus, _tokenizer, ok, read_jsonl, recipe_dict, write_recipe
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -164,3 +166,22 @@ def test_a_recipe_loads_its_base_in_4bit_and_its_run_deploys(tmp_path, glue_data
     assert "quantization_config" not in json.loads((tmp_path / "merged" / "config.json").read_text())
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert not any("bitsandbytes" in type(m).__module__ for m in merged.modules())
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_a_quantized_recipe_trains_with_checkpointing_in_bf16(tmp_path, glue_data, decoder_dir, bits):
+    """A quantized base, activation checkpointing and bf16 autocast together (what fits a 7B model on one
+    GPU): training runs, its losses finite and its adapter float32."""
+    train = {
+        "steps": 2,
+        "eval_every": 2,
+        "log_every": 1,
+        "gradient_checkpointing": True,
+        "mixed_precision": "bf16",
+    }
+    data = recipe_dict(decoder_dir, tmp_path / "run", glue_data, tasks=["rte"], **train)
+    ok("train", write_recipe(tmp_path / "r.yaml", data | {"model_quantization": bits}), "--no-progress")
+    losses = [r["loss"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert len(losses) == 2 and all(map(math.isfinite, losses))
+    adapter = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
+    assert {t.dtype for t in adapter.values()} == {torch.float32}
