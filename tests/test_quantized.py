@@ -21,7 +21,7 @@ from rankmix import (
     RankMixModel,
     get_model,
 )
-from test_cli import _corpus, _tokenizer, ok, read_jsonl, recipe_dict, write_recipe
+from test_cli import _corpus, _tokenizer, fails, ok, read_jsonl, recipe_dict, write_recipe
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -147,7 +147,7 @@ def decoder_dir(tmp_path_factory, glue_data):
     return folder
 
 
-def test_a_recipe_loads_its_base_in_4bit_and_its_run_deploys(tmp_path, glue_data, decoder_dir):
+def test_a_recipe_loads_its_base_in_4bit_and_its_run_deploys(tmp_path, glue_data, decoder_dir, capsys):
     """`model_quantization: nf4`: training, `rankmix eval` (the saved adapter over a freshly quantized
     base scores as training's evaluation did), export-lora, and merge into a float model folder."""
     from transformers import AutoModelForCausalLM
@@ -161,6 +161,8 @@ def test_a_recipe_loads_its_base_in_4bit_and_its_run_deploys(tmp_path, glue_data
     assert {t: r["score"] for t, r in evaluated.items()} == pytest.approx(
         {t: r["score"] for t, r in trained.items()}
     )
+    resumed = ["train", recipe, "--no-progress", "--set", "model_quantization=none", "--set", "train.steps=6"]
+    assert "model_quantization: 'nf4' there, 'none' here" in fails(capsys, *resumed)  # another base
     ok("export-lora", tmp_path / "run", "--task", "rte", "--out", tmp_path / "lora")
     ok("merge", tmp_path / "run", "--task", "rte", "--out", tmp_path / "merged")
     assert "quantization_config" not in json.loads((tmp_path / "merged" / "config.json").read_text())

@@ -26,6 +26,7 @@ def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
 # write) never stops an older checkpoint from resuming.
 RESUME_KEYS = (
     "model",
+    "model_quantization",
     "tasks",
     "method",
     "data_dir",
@@ -50,6 +51,10 @@ RESUME_KEYS = (
     "train.max_train_examples",
     "train.max_eval_examples",
 )
+
+
+# Options added to RESUME_KEYS after checkpoints were written without them, with the value they had then
+ADDED_KEYS = {"model_quantization": "none"}
 
 
 def resume_key(cfg: RunConfig) -> dict[str, Any]:
@@ -138,7 +143,8 @@ def load_checkpoint(
     else:
         raise ValueError(f"{'; '.join(problems)}; pass --overwrite to train afresh")
     saved = ckpt["state"].get("config", {})  # may hold more options (older checkpoints held every option)
-    differ = [f"{k}: {saved.get(k)!r} there, {v!r} here" for k, v in sorted(key.items()) if saved.get(k) != v]
+    saved = {k: saved.get(k, ADDED_KEYS.get(k)) for k in key}
+    differ = [f"{k}: {saved[k]!r} there, {v!r} here" for k, v in sorted(key.items()) if saved[k] != v]
     rng = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]  # one process, before 0.2
     if len(rng) != world:
         differ.append(f"processes: {len(rng)} there, {world} here (each process slices the global batch)")
