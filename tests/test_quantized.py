@@ -170,8 +170,21 @@ def test_a_recipe_loads_its_base_in_4bit_and_its_run_deploys(tmp_path, glue_data
     assert not any("bitsandbytes" in type(m).__module__ for m in merged.modules())
 
 
+@pytest.fixture
+def fresh_precision():
+    """The CLI trains once per process; in the test process, an earlier run fixed accelerate's mixed
+    precision to "no": forget it before this test and again after it, for the runs that follow."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
 @pytest.mark.parametrize("bits", BITS)
-def test_a_quantized_recipe_trains_with_checkpointing_in_bf16(tmp_path, glue_data, decoder_dir, bits):
+def test_a_quantized_recipe_trains_with_checkpointing_in_bf16(
+    tmp_path, glue_data, decoder_dir, bits, fresh_precision
+):
     """A quantized base, activation checkpointing and bf16 autocast together (what fits a 7B model on one
     GPU): training runs, its losses finite and its adapter float32."""
     train = {
