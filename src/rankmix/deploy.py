@@ -38,8 +38,8 @@ def resolve_task(model: RankMixModel, task: int | str | None) -> int:
 def merge_and_unload(model: RankMixModel, task: int | str | None = None) -> nn.Module:
     """Fold `task`'s adapter into the base weights and return the plain base model (changed in place).
     Over a quantized base (bitsandbytes), each adapted layer is dequantized, merged and kept in float32
-    (quantizing it again would round the update away), and transformers dequantizes the other layers and
-    drops the quantization config: the result is a float model of the base's architecture."""
+    (quantizing it again would round the update away), and `dequantized` turns the other layers to float
+    and drops the quantization config: the result is a float model of the base's architecture."""
     t = resolve_task(model, task)
     modules = [m for _, m in model.adapted_modules()]
     deltas = [m.delta_weight(t) for m in modules]  # all first: a refusal must leave the model intact
