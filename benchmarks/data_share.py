@@ -4,7 +4,8 @@ gradient clipping and optimizer step, over the wall time. What is left is data w
 tokenising, padding, moving batches) and the loop's own bookkeeping (logging, the schedule).
 
 Each `--tree NAME=PATH` is a checkout (e.g. a worktree of the parent commit and this one): its own
-rankmix and recipe run, in a fresh process, alternated with the others over rounds.
+rankmix and recipe run, in a fresh process, alternated with the others over rounds. The timing reads
+the training loop's hooks (`rankmix.recipes.train.Hooks`), so every tree must have them.
 
     git worktree add ../rankmix-parent HEAD~1
     python benchmarks/data_share.py --data-dir ../shared/data --tree before=../rankmix-parent --tree after=.
@@ -34,67 +35,54 @@ RECIPE = "configs/glue-minilm-more.yaml"
 
 
 def measure(args: argparse.Namespace) -> dict[str, float]:
-    """In this process, with the rankmix on sys.path: one training run, timed from the inside."""
-    import accelerate
-    import torch
+    """In this process, with the rankmix on sys.path: one training run, timed from the inside through the
+    loop's hooks (the model's part of a step: each micro-batch's forward and backward, then gradient
+    clipping and the optimizer step)."""
+    from rankmix.recipes.run_config import load_run_config
+    from rankmix.recipes.train import Hooks, train
 
-    from rankmix.cli import main as cli
-    from rankmix.heads import MultiTaskHeads
-    from rankmix.recipes import train as train_module
+    class Timer(Hooks):
+        def __init__(self):
+            self.model_s: list[float] = []  # per step: seconds in the model
+            self.step_ends: list[float] = []
+            self.setup_s: dict[str, float] = {}
+            self.mark = 0.0
+            self.in_step = 0.0
 
-    spans: list[tuple[float, float]] = []  # time in the model
-    step_ends: list[float] = []
-    once: dict[str, float] = {}
+        def on_batch(self, training, batch):
+            self.mark = time.perf_counter()
 
-    def timed(owner, name: str, record) -> None:
-        original = getattr(owner, name)
+        def on_backward(self, training):
+            now = time.perf_counter()
+            self.in_step += now - self.mark
+            self.mark = now  # clipping and the optimizer step follow the last backward
 
-        def wrapper(*a, **k):
-            start = time.perf_counter()
-            out = original(*a, **k)
-            record(start, time.perf_counter())
-            return out
+        def on_optimizer_step(self, training):
+            now = time.perf_counter()
+            self.model_s.append(self.in_step + now - self.mark)
+            self.step_ends.append(now)
+            self.in_step = 0.0
+            self.setup_s = training.setup_s
 
-        setattr(owner, name, wrapper)
-
-    def in_model(start: float, end: float) -> None:
-        spans.append((start, end))
-
-    def step_done(start: float, end: float) -> None:
-        spans.append((start, end))
-        step_ends.append(end)
-
-    timed(MultiTaskHeads, "forward", in_model)
-    timed(accelerate.Accelerator, "backward", in_model)
-    timed(accelerate.Accelerator, "clip_grad_norm_", in_model)
-    timed(torch.optim.AdamW, "step", step_done)
-    if hasattr(train_module, "tokenised"):  # pre-tokenisation, once before the first step
-        timed(train_module, "tokenised", lambda s, e: once.setdefault("tokenise_s", e - s))
     sets = {
         "data_dir": args.data_dir,
-        "output_dir": args.out,
+        "output_dir": str(args.out),
         "train.steps": args.steps,
         "train.eval_every": args.steps,
         "train.checkpoint_every": "null",
         "train.max_eval_examples": 16,
     }
-    try:
-        cli(
-            [
-                "train",
-                RECIPE,
-                "--no-progress",
-                "--overwrite",
-                *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")],
-            ]
-        )
-    except SystemExit as stop:
-        if stop.code:
-            raise
-    begin, end = step_ends[args.skip - 1], step_ends[-1]
-    model = sum(e - s for s, e in spans if s >= begin and e <= end)
-    steps = len(step_ends) - args.skip
-    return {"step_ms": 1e3 * (end - begin) / steps, "outside_ms": 1e3 * (end - begin - model) / steps} | once
+    timer = Timer()
+    cfg = load_run_config(RECIPE, [f"{k}={v}" for k, v in sets.items()])
+    train(cfg, overwrite=True, progress=False, hooks=[timer])
+    begin, end = timer.step_ends[args.skip - 1], timer.step_ends[-1]
+    model = sum(timer.model_s[args.skip :])
+    steps = len(timer.step_ends) - args.skip
+    return {
+        "step_ms": 1e3 * (end - begin) / steps,
+        "outside_ms": 1e3 * (end - begin - model) / steps,
+        "tokenise_s": timer.setup_s["data"],
+    }
 
 
 def run_tree(path: Path, args: argparse.Namespace, out: Path) -> dict[str, float]:

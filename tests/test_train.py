@@ -239,3 +239,55 @@ def test_fsdp_requested_for_one_process_trains_unsharded(tmp_path, glue_data, mo
     expected = _saved(tmp_path / "plain" / "adapter")
     for name, value in _saved(tmp_path / "requested" / "adapter").items():
         assert torch.equal(value, expected[name]), name
+
+
+# -- hooks and the loop's state ----------------------------------------------------------------------
+def test_hooks_observe_every_micro_batch_and_step_without_patching(tmp_path, glue_data):
+    """Hooks see each micro-batch on the device before its forward (the step's first with no gradient
+    yet), each backward (the second micro-batch's gradient added to the first's), and each optimizer
+    step, in that order, with the loop's typed state counting the steps already taken."""
+    from rankmix.recipes.checkpoint import TrainState
+    from rankmix.recipes.train import Hooks
+
+    events: list[tuple] = []
+
+    def gradient(training) -> torch.Tensor | None:
+        grads = [p.grad for p in training.optimizer.param_groups[0]["params"] if p.grad is not None]
+        return torch.cat([g.flatten() for g in grads]).clone() if grads else None
+
+    class Recorder(Hooks):
+        def on_batch(self, training, batch):
+            assert isinstance(training.state, TrainState)
+            assert batch["input_ids"].device == training.accelerator.device
+            events.append(("batch", training.state.step, gradient(training) is None))
+
+        def on_backward(self, training):
+            events.append(("backward", training.state.step, gradient(training)))
+
+        def on_optimizer_step(self, training):
+            events.append(("step", training.state.step, None))
+
+    cfg = _bert_on_glue(tmp_path, glue_data, "hooked", steps=3, eval_every=3, grad_accum=2, batch_size=4)
+    result = train(cfg, progress=False, hooks=[Recorder()])
+    assert result["steps"] == 3
+    assert [e[0] for e in events] == ["batch", "backward", "batch", "backward", "step"] * 3
+    for s in range(3):
+        batch_a, back_a, batch_b, back_b, step = events[5 * s : 5 * s + 5]
+        assert {e[1] for e in (batch_a, back_a, batch_b, back_b, step)} == {s}  # steps taken so far
+        assert batch_a[2] and not batch_b[2]  # zero_grad ran after the step before
+        assert not torch.equal(back_a[2], back_b[2])  # the second backward added its gradient
+
+
+def test_the_checkpoint_keeps_the_typed_state_and_older_checkpoints_load(tmp_path, glue_data):
+    """The loop's state goes to the checkpoint as a plain dict and comes back as a TrainState; a
+    checkpoint written before wall_time_s existed loads with 0 there."""
+    from rankmix.recipes.checkpoint import TrainState
+
+    cfg = _bert_on_glue(tmp_path, glue_data, "state", steps=4, eval_every=2)
+    train(cfg, progress=False)
+    saved = torch.load(Path(cfg.output_dir) / "checkpoint.pt", weights_only=True)["state"]
+    state = TrainState.from_dict(saved)
+    assert state.step == 4 and [h["step"] for h in state.history] == [2, 4]
+    assert state.best_step in (2, 4) and state.wall_time_s > 0
+    older = {k: v for k, v in saved.items() if k != "wall_time_s"}
+    assert TrainState.from_dict(older).wall_time_s == 0.0

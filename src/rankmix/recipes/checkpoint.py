@@ -4,8 +4,10 @@ checkpoint before the latest is kept beside it, so a damaged latest one falls ba
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,23 @@ def resume_key(cfg: RunConfig) -> dict[str, Any]:
     return {k: data["train"][k[6:]] if k.startswith("train.") else data[k] for k in RESUME_KEYS}
 
 
+@dataclass
+class TrainState:
+    """The loop's own state, saved in every checkpoint (as a plain dict: checkpoints load weights-only)."""
+
+    config: dict[str, Any]  # resume_key of the run: what a resumed run must share
+    step: int = 0  # optimizer steps taken
+    best: dict[str, Any] | None = None  # the best evaluation so far (run.best_summary)
+    best_step: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # every evaluation: step, average, tasks
+    wall_time_s: float = 0.0  # the run's wall time up to the checkpoint, summed over its attempts
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> TrainState:
+        """A checkpoint's state; older checkpoints lack later fields (wall_time_s) and keep the default."""
+        return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved})
+
+
 def previous(path: Path) -> Path:
     """Where the checkpoint before the latest is kept."""
     return path.with_name(f"{path.stem}.prev{path.suffix}")
@@ -79,7 +98,7 @@ def save_checkpoint(
     scheduler,
     sampler,
     rng: list[torch.Tensor],
-    state: dict,
+    state: TrainState,
     write: bool = True,
 ) -> None:
     """Write the training state; `rng` holds every process's RNG state, by rank (dropout differs). Under
@@ -91,7 +110,7 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict(),
         "sampler": sampler.state_dict(),  # the same on every process: they slice one global batch
         "rng": rng,
-        "state": state,
+        "state": dataclasses.asdict(state),
     }
     if not write:
         return
@@ -127,7 +146,7 @@ def load_checkpoint(
     key: dict[str, Any],
     rank: int = 0,
     world: int = 1,
-) -> tuple[dict[str, Any], list[str]]:
+) -> tuple[TrainState, list[str]]:
     """Restore a run's training state from the latest readable checkpoint (the latest, or the one kept
     before it); returns the loop's state and why a damaged latest one was passed over. A checkpoint of
     another configuration is refused, untouched."""
@@ -168,4 +187,4 @@ def load_checkpoint(
     scheduler.load_state_dict(ckpt["scheduler"])
     sampler.load_state_dict(ckpt["sampler"])
     torch.set_rng_state(rng[rank])
-    return ckpt["state"], problems
+    return TrainState.from_dict(ckpt["state"]), problems

@@ -23,6 +23,7 @@ from ..persistence import read_adapter_config, read_safetensors, save_tensors
 from ..stats import allocation, by_layer, mean_selected_ranks
 from ..tasks import get_task, load_custom_task, task_names
 from ..tasks.base import Example, Task
+from .checkpoint import TrainState
 from .evaluate import evaluate
 from .loading import load_model
 from .outputs import mark_output, output_folder
@@ -347,9 +348,9 @@ def best_summary(
     }
 
 
-def results(run: Run, state: dict, wall: float, processes: int) -> dict:
+def results(run: Run, state: TrainState, wall: float, processes: int) -> dict:
     """The content of results.json: the best evaluation and the history of all evaluations."""
-    best = state["best"] or {
+    best = state.best or {
         "average": None,
         "tasks": {},
         "parameters": parameters(run.adapted, run.heads),
@@ -360,8 +361,8 @@ def results(run: Run, state: dict, wall: float, processes: int) -> dict:
         "model": run.config.model,
         "method": run.config.method,
         "family": run.family.name,
-        "steps": state["step"],
-        "best_step": state["best_step"],
+        "steps": state.step,
+        "best_step": state.best_step,
         "average": best["average"],
         "tasks": best["tasks"],
         "parameters": best["parameters"],  # of the saved (best) adapter
@@ -369,7 +370,7 @@ def results(run: Run, state: dict, wall: float, processes: int) -> dict:
         "expert_load": best.get("expert_load"),  # checkpoints before it: none
         "wall_time_s": round(wall, 1),
         "processes": processes,
-        "history": state["history"],
+        "history": state.history,
     }
 
 

@@ -9,7 +9,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from ..data.loader import training_batches
 from ..data.sampling import ConsumedBatches, TaskSampler
 from ..files import parse_json, read_utf8, write_text
 from ..stats import mean_selected_ranks
-from .checkpoint import has_checkpoint, load_checkpoint, resume_key, save_checkpoint
+from .checkpoint import TrainState, has_checkpoint, load_checkpoint, resume_key, save_checkpoint
 from .evaluate import average
 from .run import (
     Run,
@@ -175,9 +175,30 @@ def tokenised(run: Run) -> list[list[Features]]:
     ]
 
 
-def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device: str = "auto") -> dict:
+class Hooks:
+    """Where a test or a benchmark observes the loop without patching it: subclass, override what you
+    need, and pass instances to `train(hooks=...)`. Each method gets the `Training` (its `state`,
+    `model`, `optimizer`, `setup_s`, ...), to read, not to change."""
+
+    def on_batch(self, training: Training, batch: dict[str, torch.Tensor]) -> None:
+        """A micro-batch is on the device, before its forward."""
+
+    def on_backward(self, training: Training) -> None:
+        """A micro-batch's backward is done."""
+
+    def on_optimizer_step(self, training: Training) -> None:
+        """The step's gradients (clipped, where train.max_grad_norm is set) were applied."""
+
+
+def train(
+    cfg: RunConfig,
+    overwrite: bool = False,
+    progress: bool = True,
+    device: str = "auto",
+    hooks: Sequence[Hooks] = (),
+) -> dict:
     """Train, evaluate every `eval_every` steps and at the end, keep the best adapter; returns results.
-    `device`: auto (CUDA when present), cpu, cuda or mps."""
+    `device`: auto (CUDA when present), cpu, cuda or mps; `hooks`: observers of every step."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     start_time = time.time()
@@ -209,170 +230,276 @@ def train(cfg: RunConfig, overwrite: bool = False, progress: bool = True, device
     main = accelerator.is_main_process
     with claimed(out, overwrite) if main else nullcontext():  # one writer per run folder
         accelerator.wait_for_everyone()
-        return _fit(run, accelerator, fsdp, progress, start_time)
+        training = Training(run, accelerator, fsdp, start_time, progress, hooks)
+        training.setup()
+        return training.fit()
 
 
-def _fit(run: Run, accelerator: Any, fsdp: bool, progress: bool, start_time: float) -> dict:
-    """The loop of `train`, in a run folder this process owns (or shares as a non-main process)."""
-    from accelerate.utils import gather_object
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
+class MetricsLog:
+    """The loop's log: metrics.jsonl (one JSON record per line) and TensorBoard, on the main process."""
 
-    cfg, t = run.config, run.config.train
-    out = Path(cfg.output_dir)
-    checkpoint = out / CHECKPOINT
-    main = accelerator.is_main_process
-    fsdp = fsdp and accelerator.num_processes > 1  # one process has nothing to shard over
-    if fsdp:  # sharded before the optimizer sees the parameters
-        shard(run.model.to(accelerator.device))
+    def __init__(self, out: Path, step: int):
+        from torch.utils.tensorboard import SummaryWriter
 
-    optimizer = torch.optim.AdamW(param_groups(run), lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, t.warmup_steps, t.steps)
-    sampler = ConsumedBatches(
-        TaskSampler(
-            [len(s) for s in run.train_sets],
-            t.batch_size,
-            t.sampling,
-            t.temperature,
-            t.batch_mode,
-            seed=t.seed,
-            rank=accelerator.process_index,
-            world=accelerator.num_processes,
+        self.writer = SummaryWriter(str(out / TENSORBOARD), purge_step=step + 1)
+        self.file = (out / METRICS).open("a")
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key != "step":
+                self.writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        self.writer.close()
+
+
+class Training:
+    """One training run in a run folder this process owns (or shares, as a non-main process of a
+    distributed job): `setup()` builds it in named steps, `fit()` is the loop."""
+
+    def __init__(
+        self,
+        run: Run,
+        accelerator: Any,
+        fsdp: bool,
+        start_time: float,
+        progress: bool = True,
+        hooks: Sequence[Hooks] = (),
+    ):
+        self.run, self.config, self.accelerator, self.hooks = run, run.config, accelerator, list(hooks)
+        self.out = Path(run.config.output_dir)
+        self.main = accelerator.is_main_process
+        self.fsdp = fsdp and accelerator.num_processes > 1  # one process has nothing to shard over
+        self.start_time, self.progress = start_time, progress
+        self.state = TrainState(config=resume_key(run.config))
+        self.setup_s: dict[str, float] = {}  # seconds each setup step took
+        self.log: MetricsLog | None = None
+
+    # -- setup, step by step ----------------------------------------------------------------------------
+    def setup(self) -> None:
+        steps = (
+            ("model", self._setup_model),
+            ("optimizer", self._setup_optimizer),
+            ("data", self._setup_data),
+            ("resume", self._resume),
+            ("accelerator", self._setup_accelerator),
         )
-    )
-    state = {"step": 0, "best": None, "best_step": None, "history": [], "config": resume_key(cfg)}
-    if has_checkpoint(checkpoint):
-        state, passed_over = load_checkpoint(
-            checkpoint,
-            run.model,
-            optimizer,
-            scheduler,
-            sampler,
-            resume_key(cfg),
-            accelerator.process_index,
-            accelerator.num_processes,
+        for name, step in steps:
+            begin = time.perf_counter()
+            step()
+            self.setup_s[name] = time.perf_counter() - begin
+
+    def _setup_model(self) -> None:
+        """The run's model; under FSDP sharded now, before the optimizer sees its parameters."""
+        self.model = self.run.model
+        if self.fsdp:
+            shard(self.model.to(self.accelerator.device))
+
+    def _setup_optimizer(self) -> None:
+        from transformers import get_linear_schedule_with_warmup
+
+        t = self.config.train
+        self.optimizer = torch.optim.AdamW(param_groups(self.run), lr=t.lr, weight_decay=t.weight_decay)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, t.warmup_steps, t.steps)
+
+    def _setup_data(self) -> None:
+        """The task sampler (this process's share of each global batch) and every training example's
+        features, tokenised once."""
+        t, acc = self.config.train, self.accelerator
+        self.sampler = ConsumedBatches(
+            TaskSampler(
+                [len(s) for s in self.run.train_sets],
+                t.batch_size,
+                t.sampling,
+                t.temperature,
+                t.batch_mode,
+                seed=t.seed,
+                rank=acc.process_index,
+                world=acc.num_processes,
+            )
         )
-        for problem in passed_over:
-            accelerator.print(f"{problem}: using the checkpoint kept before it")
-        accelerator.print(f"resuming {out} from step {state['step']}")
-        if main:  # the log reads as one run: drop what was logged after that step
-            trim_log(out / METRICS, state["step"])
-    earlier = state.get("wall_time_s", 0.0)  # the segments before this one (older checkpoints: none)
+        self.features = tokenised(self.run)
 
-    def wall_time() -> float:
-        return earlier + time.time() - start_time
+    def _resume(self) -> None:
+        """From the run folder's checkpoint, where there is one: parameters, optimizer, schedule, sampler,
+        RNG and the loop's state. Then the run's config is written beside it."""
+        acc, checkpoint = self.accelerator, self.out / CHECKPOINT
+        if has_checkpoint(checkpoint):
+            self.state, passed_over = load_checkpoint(
+                checkpoint,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                self.sampler,
+                resume_key(self.config),
+                acc.process_index,
+                acc.num_processes,
+            )
+            for problem in passed_over:
+                acc.print(f"{problem}: using the checkpoint kept before it")
+            acc.print(f"resuming {self.out} from step {self.state.step}")
+            if self.main:  # the log reads as one run: drop what was logged after that step
+                trim_log(self.out / METRICS, self.state.step)
+        self.earlier_s = self.state.wall_time_s  # the run's attempts before this one
+        if self.main:
+            self.config.save(self.out / RUN_CONFIG)
 
-    if main:
-        cfg.save(out / RUN_CONFIG)
-    if fsdp:
-        model = run.model
-        optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
-    else:
-        model, optimizer, scheduler = accelerator.prepare(run.model, optimizer, scheduler)
-    # under DDP each process evaluates its share of the dev sets; an FSDP forward is a collective, so
-    # there every process runs every example
-    share = (0, 1) if fsdp else (accelerator.process_index, accelerator.num_processes)
-    pin = accelerator.device.type == "cuda"
-    batches = iter(training_batches(tokenised(run), sampler, pad_id(run.tokenizer), t.num_workers, pin))
+    def _setup_accelerator(self) -> None:
+        """accelerate's wrappers (DDP, mixed precision) around the model, optimizer and schedule."""
+        acc = self.accelerator
+        if self.fsdp:  # sharded already
+            self.optimizer, self.scheduler = acc.prepare(self.optimizer, self.scheduler)
+        else:
+            self.model, self.optimizer, self.scheduler = acc.prepare(
+                self.model, self.optimizer, self.scheduler
+            )
 
-    # the loop's own logging: metrics.jsonl and TensorBoard, on the main process
-    writer = SummaryWriter(str(out / TENSORBOARD), purge_step=state["step"] + 1) if main else None
-    log = (out / METRICS).open("a") if main else None
+    # -- the loop -------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Step until train.steps: log every log_every steps, evaluate (and keep the best adapter) every
+        eval_every steps and at the end, checkpoint every checkpoint_every steps; returns results."""
+        from tqdm.auto import tqdm
 
-    def emit(record: dict) -> None:
-        if log:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    writer.add_scalar(key, value, record["step"])
+        t, state, run = self.config.train, self.state, self.run
+        pin = self.accelerator.device.type == "cuda"
+        batches = iter(
+            training_batches(self.features, self.sampler, pad_id(run.tokenizer), t.num_workers, pin)
+        )
+        self.model.train()
+        bar = tqdm(
+            total=t.steps, initial=state.step, disable=not self.progress or not self.main, desc="train"
+        )
+        with ExitStack() as cleanup:
+            stop = cleanup.enter_context(stop_requests())
+            cleanup.callback(bar.close)
+            if self.main:
+                self.log = MetricsLog(self.out, state.step)
+                cleanup.callback(self.log.close)
+            while state.step < t.steps:
+                outputs, (step_loss, stopping), task_ids = self._forward_backward(
+                    batches, stop["signal"], pin
+                )
+                if not torch.isfinite(step_loss):
+                    tasks = sorted({run.tasks[i].name for i in torch.cat(task_ids).unique().tolist()})
+                    raise TrainingDiverged(
+                        f"training diverged at step {state.step + 1} (task {', '.join(tasks)}): the loss is "
+                        f"NaN or infinite; nothing of that step was applied, and {kept(self.out)}; train "
+                        "again with a lower train.lr (or train.max_grad_norm) in another output_dir"
+                    )
+                self._optimizer_step()
+                state.step += 1
+                bar.update(1)
+                step = state.step
+                if step % t.log_every == 0:
+                    loss = self._log_step(outputs, step_loss)
+                    bar.set_postfix(loss=f"{loss:.3f}")
+                if step % t.eval_every == 0 or step == t.steps:
+                    self._evaluate()
+                elif stopping or (t.checkpoint_every and step % t.checkpoint_every == 0):
+                    self._checkpoint()
+                if stopping and step < t.steps:
+                    raise TrainingInterrupted(
+                        f"interrupted at step {step} of {t.steps}; {self.out / CHECKPOINT} holds it: run "
+                        "the same command again to resume",
+                        stop["signal"] or signal.SIGTERM,  # a process stopped because another was signalled
+                    )
+        return self._results()
 
-    def write_checkpoint() -> None:
-        """Every process calls it: each one's RNG state is gathered, the main process writes, and no
-        process goes on (or exits) before the checkpoint is on disk."""
-        rng = gather_object([torch.get_rng_state()])
-        state["wall_time_s"] = wall_time()
-        unwrapped = accelerator.unwrap_model(model)
-        save_checkpoint(checkpoint, unwrapped, optimizer, scheduler, sampler, rng, state, write=main)
-        accelerator.wait_for_everyone()
-
-    def run_eval(step: int) -> None:
-        for router in token_routers(run):  # count the evaluation's tokens only
-            router.reset_stats()
-        scores = evaluate_run(run, accelerator.unwrap_model(model), share=share, progress=progress)
-        load = evaluation_load(run, accelerator.reduce)
-        avg = average(scores)
-        emit({"step": step, "eval/average": avg, **{f"eval/{k}": r["score"] for k, r in scores.items()}})
-        state["history"].append({"step": step, "average": avg, "tasks": scores})
-        if state["best"] is None or avg > state["best"]["average"]:
-            state["best_step"] = step
-            with full_parameters(run.model):  # FSDP: statistics read whole parameters
-                state["best"] = best_summary(run, scores, avg, load)
-            save_adapter(run, out / ADAPTER_DIR, write=main)
-        if main:
-            write_results(out, results(run, state, wall_time(), accelerator.num_processes))
-        write_checkpoint()
-
-    def forward_backward(stop_signal: int) -> tuple[Any, torch.Tensor, list[torch.Tensor]]:
+    def _forward_backward(
+        self, batches: Iterator[dict], stop_signal: int, pin: bool
+    ) -> tuple[Any, torch.Tensor, list[torch.Tensor]]:
         """One optimizer step's micro-batches, back-propagated; returns the last outputs, the summed loss
         and stop request (summed over processes, so that every process stops together) and the micro-
         batches' task ids (read only if the step diverged)."""
-        task_ids, loss = [], torch.zeros((), device=accelerator.device)
+        t, acc = self.config.train, self.accelerator
+        task_ids, loss = [], torch.zeros((), device=acc.device)
         for micro in range(t.grad_accum):
             batch = next(batches)
-            sampler.consumed()
+            self.sampler.consumed()
             task_ids.append(batch["task_ids"])
-            batch = {k: v.to(accelerator.device, non_blocking=pin) for k, v in batch.items()}
-            with nullcontext() if micro == t.grad_accum - 1 else accelerator.no_sync(model):
-                outputs = run.family.train_outputs(model, batch)
-                accelerator.backward(outputs.loss / t.grad_accum)
+            batch = {k: v.to(acc.device, non_blocking=pin) for k, v in batch.items()}
+            for hook in self.hooks:
+                hook.on_batch(self, batch)
+            with nullcontext() if micro == t.grad_accum - 1 else acc.no_sync(self.model):
+                outputs = self.run.family.train_outputs(self.model, batch)
+                acc.backward(outputs.loss / t.grad_accum)
+            for hook in self.hooks:
+                hook.on_backward(self)
             loss += outputs.loss.detach()
         status = torch.stack([loss, torch.tensor(float(stop_signal), device=loss.device)])
-        if accelerator.num_processes > 1:
-            status = accelerator.reduce(status, reduction="sum")
+        if acc.num_processes > 1:
+            status = acc.reduce(status, reduction="sum")
         return outputs, status, task_ids
 
-    model.train()
-    bar = tqdm(total=t.steps, initial=state["step"], disable=not progress or not main, desc="train")
-    with ExitStack() as cleanup:
-        stop = cleanup.enter_context(stop_requests())
-        cleanup.callback(bar.close)
-        if log:
-            cleanup.callback(log.close)
-            cleanup.callback(writer.close)
-        while state["step"] < t.steps:
-            outputs, (step_loss, stopping), task_ids = forward_backward(stop["signal"])
-            if not torch.isfinite(step_loss):
-                tasks = sorted({run.tasks[i].name for i in torch.cat(task_ids).unique().tolist()})
-                raise TrainingDiverged(
-                    f"training diverged at step {state['step'] + 1} (task {', '.join(tasks)}): the "
-                    f"loss is NaN or infinite; nothing of that step was applied, and {kept(out)}; train "
-                    "again with a lower train.lr (or train.max_grad_norm) in another output_dir"
-                )
-            if t.max_grad_norm is not None:  # one bad batch (e.g. an unscaled regression target) must not
-                accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)  # wreck the run
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            bar.update(1)
-            step = state["step"]
-            if step % t.log_every == 0:
-                loss = float(step_loss) / (t.grad_accum * accelerator.num_processes)  # the global batch's
-                aux = {f"aux/{k}": v.detach() for k, v in outputs.get("aux_losses", {}).items()}
-                aux = {k: float(accelerator.reduce(v, reduction="mean")) for k, v in aux.items()}
-                record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], **aux}
-                emit(record | routing_log(run, accelerator.reduce))
-                bar.set_postfix(loss=f"{loss:.3f}")
-            if step % t.eval_every == 0 or step == t.steps:
-                run_eval(step)
-            elif stopping or (t.checkpoint_every and step % t.checkpoint_every == 0):
-                write_checkpoint()
-            if stopping and step < t.steps:
-                raise TrainingInterrupted(
-                    f"interrupted at step {step} of {t.steps}; {checkpoint} holds it: run the same command "
-                    "again to resume",
-                    stop["signal"] or signal.SIGTERM,  # a process stopped because another one was signalled
-                )
-    return results(run, state, wall_time(), accelerator.num_processes)
+    def _optimizer_step(self) -> None:
+        t = self.config.train
+        if (
+            t.max_grad_norm is not None
+        ):  # one bad batch (an unscaled regression target) must not wreck the run
+            self.accelerator.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+        self.optimizer.step()
+        for hook in self.hooks:
+            hook.on_optimizer_step(self)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _log_step(self, outputs: Any, step_loss: torch.Tensor) -> float:
+        """Log the step's loss (the global batch's), aux losses and routing; returns the loss."""
+        t, acc = self.config.train, self.accelerator
+        loss = float(step_loss) / (t.grad_accum * acc.num_processes)
+        aux = {f"aux/{k}": v.detach() for k, v in outputs.get("aux_losses", {}).items()}
+        aux = {k: float(acc.reduce(v, reduction="mean")) for k, v in aux.items()}
+        record = {"step": self.state.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0], **aux}
+        self._emit(record | routing_log(self.run, acc.reduce))
+        return loss
+
+    def _emit(self, record: dict) -> None:
+        if self.log:
+            self.log.write(record)
+
+    def _evaluate(self) -> None:
+        """Score every task's dev set; a new best is kept as the run's adapter; then results and a
+        checkpoint are written. Under DDP each process scores its share of the dev sets; an FSDP forward
+        is a collective, so there every process runs every example."""
+        run, acc, state = self.run, self.accelerator, self.state
+        for router in token_routers(run):  # count the evaluation's tokens only
+            router.reset_stats()
+        share = (0, 1) if self.fsdp else (acc.process_index, acc.num_processes)
+        scores = evaluate_run(run, acc.unwrap_model(self.model), share=share, progress=self.progress)
+        load = evaluation_load(run, acc.reduce)
+        avg = average(scores)
+        self._emit(
+            {"step": state.step, "eval/average": avg, **{f"eval/{k}": r["score"] for k, r in scores.items()}}
+        )
+        state.history.append({"step": state.step, "average": avg, "tasks": scores})
+        if state.best is None or avg > state.best["average"]:
+            state.best_step = state.step
+            with full_parameters(run.model):  # FSDP: statistics read whole parameters
+                state.best = best_summary(run, scores, avg, load)
+            save_adapter(run, self.out / ADAPTER_DIR, write=self.main)
+        if self.main:
+            write_results(self.out, self._results())
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Every process calls it: each one's RNG state is gathered, the main process writes, and no
+        process goes on (or exits) before the checkpoint is on disk."""
+        from accelerate.utils import gather_object
+
+        acc = self.accelerator
+        rng = gather_object([torch.get_rng_state()])
+        self.state.wall_time_s = self.wall_time()
+        model = acc.unwrap_model(self.model)
+        args = (self.optimizer, self.scheduler, self.sampler, rng, self.state)
+        save_checkpoint(self.out / CHECKPOINT, model, *args, write=self.main)
+        acc.wait_for_everyone()
+
+    def wall_time(self) -> float:
+        """Seconds, over every attempt of this run."""
+        return self.earlier_s + time.time() - self.start_time
+
+    def _results(self) -> dict:
+        return results(self.run, self.state, self.wall_time(), self.accelerator.num_processes)
