@@ -184,7 +184,11 @@ def measure_memory(
         model.eval()
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
         model.train()
-    torch.save({"next": logits.argmax(-1).cpu(), "last": logits[:, -1].cpu()}, out.with_suffix(".pt"))
+    outputs = {
+        "next": logits.argmax(-1).cpu(),
+        "last": logits[:, -1].cpu().clone(),
+    }  # not a view of all logits
+    torch.save(outputs, out.with_suffix(".pt"))
     del logits
     optimizer = optimizer_of(model)
     loss = step(model, optimizer, batch, setting)
