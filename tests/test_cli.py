@@ -30,11 +30,12 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from helpers import build_base, word_tokenizer
-from rankmix import RankMixModel
+from rankmix import MoREConfig, RankMixModel
 from rankmix.cli import main
 from rankmix.families import FAMILIES as FAMILY_OF
 from rankmix.model import layer_index
 from rankmix.recipes.run import open_run, router_report
+from rankmix.sizing import parameter_counts
 from rankmix.tasks import Example, get_task
 
 # The real benchmark data (../shared/data from the project root), read only by the tests of its quirks.
@@ -1898,3 +1899,24 @@ def test_evaluation_shows_the_rows_it_scores(runs):
     assert code == 0 and "eval rte" not in err
     code, _, err = cli("train", runs.recipe("progress", "decoder", steps=4, eval_every=4))  # and in training
     assert code == 0 and f"{rows}/{rows}" in err and "eval stsb" in err
+
+
+def test_a_recipe_with_an_automatic_allocation_inspects_trains_and_loads(runs, model_dirs):
+    """`method.max_rank: auto`: inspect names the allocation before training; the run's adapter keeps it
+    as a per-layer list, within the budget, and evaluating the run rebuilds it from that list. (The
+    budget is MoRE max_rank 7's: this 2-layer model's steps of one rank cost 10% of a LoRA budget.)"""
+    base = auto_class("decoder").from_pretrained(model_dirs["decoder"])
+    budget = parameter_counts(base, MoREConfig(tasks=TASKS, max_rank=7))["trainable"]
+    method = {"method": "more", "max_rank": "auto", "budget": budget}
+    recipe = runs.recipe("auto-more", "decoder", method=method)
+    assert f"max_rank allocated by spectral under budget {budget}" in ok("inspect", recipe)
+    ok("train", recipe, "--no-progress")
+    run = runs.root / "auto-more"
+    saved = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    section = saved.get("adapter", saved)
+    assert isinstance(section["max_rank"], list) and len(section["max_rank"]) == 2
+    model = reference_model(model_dirs, "decoder", run)
+    assert model.adapter_config.max_rank == section["max_rank"]
+    counts = model.parameter_counts()  # loaded for inference: nothing trainable, the sizes as trained
+    assert 0.95 * budget <= counts["adapter"] + counts["router"] <= budget
+    assert json.loads((run / "results.json").read_text())["average"] is not None

@@ -135,6 +135,10 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print("parameters:", parameters(adapted, heads))
     if not trained:
         print(size.summary())
+        if pending := cfg.adapter_config().pending():
+            config = adapted.adapter_config
+            how = f"allocated by {config.allocator} under budget {config.budget}"
+            print(f"{' and '.join(pending)} {how} (the layers below)")
     print(f"\n{'layer':>5} {'modules':>7} {'experts':>8} {'ranks':<20}")
     for layer, rows in allocation_by_layer(adapted).items():
         experts = sorted({len(r) for r in rows})

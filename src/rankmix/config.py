@@ -8,6 +8,7 @@ import dataclasses
 import enum
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ class AuxLoss(enum.StrEnum):
 
 SCALINGS = ("rank", "rslora", "constant")
 
+AUTO = "auto"  # a field whose per-layer values get_model allocates (allocators.py)
+ALLOCATORS = ("spectral",)
+
 
 POOLINGS = ("first", "mean")
 
@@ -38,6 +42,7 @@ class AdapterConfig(abc.ABC):
     builds (its router, its kind of experts) is registered in methods.py."""
 
     method: ClassVar[str] = ""
+    auto_fields: ClassVar[tuple[str, ...]] = ()  # the fields that may be "auto" (AutoAllocation)
 
     target_modules: str | list[str] = field(
         default="all-linear",
@@ -85,6 +90,17 @@ class AdapterConfig(abc.ABC):
         """True when experts or ranks vary by layer, so every adapted module needs a layer index."""
         return False
 
+    def pending(self) -> list[str]:
+        """The fields still "auto": get_model allocates them before building (allocators.py)."""
+        return [name for name in self.auto_fields if getattr(self, name) == AUTO]
+
+    def _check_resolved(self) -> None:
+        if self.pending():
+            raise ValueError(
+                f"{' and '.join(self.pending())} of {type(self).__name__} is 'auto': get_model allocates it "
+                "(rankmix.allocators.resolve); build the model with get_model before asking for experts"
+            )
+
     @abc.abstractmethod
     def expert_ranks(self, layer: int | None, n_layers: int) -> list[int]:
         """The rank of each expert in the module at `layer` (of `n_layers`)."""
@@ -98,7 +114,12 @@ class AdapterConfig(abc.ABC):
             return [self.alpha / r for r in ranks]
         if self.scaling == "rslora":
             return [self.alpha / math.sqrt(r) for r in ranks]
-        return [self.alpha / self.largest_rank() for _ in ranks]
+        return [self.alpha / self.scale_rank(ranks) for _ in ranks]
+
+    def scale_rank(self, ranks: list[int]) -> int:
+        """The R of constant scaling alpha/R for a module with experts of `ranks`: the largest rank
+        anywhere (a layer's own largest where the largest rank itself varies by layer: MoRE's max_rank)."""
+        return self.largest_rank()
 
     def aux_weights(self) -> dict[AuxLoss, float]:
         """Weights of the auxiliary losses this method adds to the task loss."""
@@ -112,6 +133,48 @@ class AdapterConfig(abc.ABC):
         """Write the config as YAML (.yaml/.yml) or JSON, atomically."""
         write = write_yaml if Path(path).suffix in (".yaml", ".yml") else write_json
         write(path, self.to_dict())
+
+
+@dataclass
+class AutoAllocation:
+    """Options of an automatic allocation, read where a field of `auto_fields` is "auto": get_model
+    chooses that field's per-layer values under `budget`, from a score per layer (`allocator`), and the
+    config it builds (and saves) holds them as explicit per-layer lists."""
+
+    budget: int | str = field(
+        default="lora-r8",
+        metadata={
+            "help": "trainable parameters of an 'auto' allocation: a number, or 'lora-r<N>' (LoRA r=N's)"
+        },
+    )
+    allocator: str = field(
+        default="spectral",
+        metadata={"help": "'spectral': more capacity where the weights' spectra say a layer is less trained"},
+    )
+    auto_min: int | None = field(
+        default=None, metadata={"help": "smallest per-layer value of an 'auto' field (default: top_k or 1)"}
+    )
+    auto_max: int | None = field(
+        default=None, metadata={"help": "largest per-layer value of an 'auto' field (default: 16)"}
+    )
+
+    def _check_allocation(self) -> None:
+        budget = self.budget
+        if isinstance(budget, bool) or not (
+            (isinstance(budget, int) and budget > 0)
+            or (isinstance(budget, str) and re.fullmatch(r"lora-r[1-9]\d*", budget))
+        ):
+            raise ValueError(
+                f"budget must be a positive number of parameters or 'lora-r<N>' (e.g. lora-r8), got "
+                f"{budget!r}"
+            )
+        if self.allocator not in ALLOCATORS:
+            raise ValueError(f"allocator must be one of {ALLOCATORS}, got {self.allocator!r}")
+        for name in ("auto_min", "auto_max"):
+            if getattr(self, name) is not None:
+                _check_positive(name, getattr(self, name))
+        if self.auto_min is not None and self.auto_max is not None and self.auto_min > self.auto_max:
+            raise ValueError(f"auto_min ({self.auto_min}) is larger than auto_max ({self.auto_max})")
 
 
 def _check_tasks(tasks: list[str]) -> list[str]:
@@ -190,25 +253,29 @@ class MoELoRAConfig(AdapterConfig):
 
 
 @dataclass
-class _TokenRoutedConfig(AdapterConfig):
+class _TokenRoutedConfig(AutoAllocation, AdapterConfig):
     """Experts chosen per token by a router: top-k, or dynamic top-p with at most k experts."""
 
-    experts: Profile = "2468"
+    auto_fields: ClassVar[tuple[str, ...]] = ("experts",)
+    experts: Profile = field(default="2468", metadata={"help": "experts per layer: a profile, or 'auto'"})
     top_k: int = 2
     top_p: float | None = None
     balance_weight: float = 0.01
 
     def validate(self) -> None:
         super().validate()
-        fewest = min(parse_profile(self.experts, "experts"))
+        self._check_allocation()
+        _check_positive("top_k", self.top_k)
         if isinstance(self.experts, tuple):
             self.experts = list(self.experts)
-        _check_positive("top_k", self.top_k)
+        if self.experts == AUTO:
+            fewest, given = self.auto_min or self.top_k, f"auto_min={self.auto_min}"
+        else:
+            fewest, given = min(parse_profile(self.experts, "experts")), f"experts={self.experts!r}"
         if self.top_k > fewest:
             raise ValueError(
                 f"top_k={self.top_k} is larger than the number of experts in some layers "
-                f"(as few as {fewest} in experts={self.experts!r}); "
-                "lower top_k or give every layer more experts"
+                f"(as few as {fewest} in {given}); lower top_k or give every layer more experts"
             )
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1] (or None for plain top-k), got {self.top_p}")
@@ -224,6 +291,7 @@ class _TokenRoutedConfig(AdapterConfig):
         """The rank of the experts at `layer` (of `n_layers`)."""
 
     def expert_ranks(self, layer: int | None, n_layers: int) -> list[int]:
+        self._check_resolved()
         n = per_layer(self.experts, n_layers, "experts")[layer]
         return [self.layer_rank(layer, n_layers)] * n
 
@@ -254,7 +322,8 @@ class HiLoConfig(_TokenRoutedConfig):
     """HiLo: per-layer number *and* rank of experts."""
 
     method: ClassVar[str] = "hilo"
-    ranks: Profile = "2468"
+    auto_fields: ClassVar[tuple[str, ...]] = ("experts", "ranks")
+    ranks: Profile = field(default="2468", metadata={"help": "expert rank per layer: a profile, or 'auto'"})
     alpha: float = field(
         default=5.66,
         metadata={"help": "scale alpha/sqrt(r): 2 at rank 8, as LoRA r=8 alpha 16 (alpha/r: alpha 16)"},
@@ -266,7 +335,8 @@ class HiLoConfig(_TokenRoutedConfig):
 
     def validate(self) -> None:
         super().validate()
-        parse_profile(self.ranks, "ranks")
+        if self.ranks != AUTO:
+            parse_profile(self.ranks, "ranks")
         if isinstance(self.ranks, tuple):
             self.ranks = list(self.ranks)
 
@@ -274,16 +344,21 @@ class HiLoConfig(_TokenRoutedConfig):
         return per_layer(self.ranks, n_layers, "ranks")[layer]
 
     def largest_rank(self) -> int:
+        self._check_resolved()
         return max(parse_profile(self.ranks, "ranks"))
 
 
 @dataclass
-class MoREConfig(AdapterConfig):
+class MoREConfig(AutoAllocation, AdapterConfig):
     """MoRE: nested experts of ranks 1..max_rank, one chosen per task by a trained selector."""
 
     method: ClassVar[str] = "more"
+    auto_fields: ClassVar[tuple[str, ...]] = ("max_rank",)
     tasks: list[str] = field(default_factory=list)
-    max_rank: int = 8
+    max_rank: int | list[int] | str = field(
+        default=8,
+        metadata={"help": "the largest rank: one for every layer, one per layer (a list), or 'auto'"},
+    )
     alpha: float = field(
         default=16.0, metadata={"help": "scale alpha/max_rank; 16 matches LoRA r=8 alpha 16 (paper: 32)"}
     )
@@ -332,8 +407,20 @@ class MoREConfig(AdapterConfig):
 
     def validate(self) -> None:
         super().validate()
+        self._check_allocation()
         self.tasks = _check_tasks(self.tasks)
-        _check_positive("max_rank", self.max_rank)
+        if isinstance(self.max_rank, tuple):
+            self.max_rank = list(self.max_rank)
+        if isinstance(self.max_rank, list):
+            for r in self.max_rank:
+                _check_positive("every max_rank of a per-layer list", r)
+        elif self.max_rank != AUTO:
+            _check_positive("max_rank", self.max_rank)
+        if self.ranks is not None and not isinstance(self.max_rank, int):
+            raise ValueError(
+                "ranks (a subset of 1..max_rank) needs one max_rank for every layer, got "
+                f"max_rank={self.max_rank!r}; drop ranks, or give max_rank as one number"
+            )
         if self.ranks is not None:
             if (
                 not isinstance(self.ranks, (list, tuple))
@@ -359,11 +446,31 @@ class MoREConfig(AdapterConfig):
         if not self.task_embedding_std > 0:
             raise ValueError(f"task_embedding_std must be positive, got {self.task_embedding_std}")
 
+    @property
+    def uses_layer_profile(self) -> bool:
+        return not isinstance(self.max_rank, int)
+
     def expert_ranks(self, layer: int | None, n_layers: int) -> list[int]:
-        return list(self.ranks) if self.ranks is not None else list(range(1, self.max_rank + 1))
+        self._check_resolved()
+        if self.ranks is not None:
+            return list(self.ranks)
+        largest = (
+            self.max_rank
+            if isinstance(self.max_rank, int)
+            else per_layer(self.max_rank, n_layers, "max_rank")[layer]
+        )
+        return list(range(1, largest + 1))
 
     def largest_rank(self) -> int:
-        return max(self.expert_ranks(None, 0))
+        self._check_resolved()
+        if isinstance(self.max_rank, list):
+            return max(self.max_rank)
+        return max(self.ranks) if self.ranks is not None else self.max_rank
+
+    def scale_rank(self, ranks: list[int]) -> int:
+        """alpha/max_rank, with a per-layer max_rank the layer's own: a layer's experts then span the same
+        range of scales (alpha/R_layer for its whole rank) as with one max_rank everywhere."""
+        return self.largest_rank() if isinstance(self.max_rank, int) else max(ranks)
 
     def aux_weights(self) -> dict[AuxLoss, float]:
         return {AuxLoss.CONTRASTIVE: self.contrastive_weight}

@@ -71,11 +71,16 @@ def find_targets(model: nn.Module, target_modules: str | list[str]) -> list[str]
     return sorted(chosen, key=lambda n: [int(p) if p.isdigit() else p for p in n.split(".")])
 
 
+def layer_count(model: nn.Module) -> int:
+    """The number of layers a per-layer profile spans: one past the largest block index in any name."""
+    indices = [i for i in (layer_index(n) for n, _ in model.named_modules()) if i is not None]
+    return max(indices) + 1 if indices else 0
+
+
 def adapter_plan(model: nn.Module, config: AdapterConfig) -> dict[str, list[int]]:
     """{name: expert ranks} of every module `config` adapts in `model`, in order: what get_model builds
     (and sizing.py counts, on a meta-device skeleton, without building it)."""
-    indices = [i for i in (layer_index(n) for n, _ in model.named_modules()) if i is not None]
-    n_layers = max(indices) + 1 if indices else 0
+    n_layers = layer_count(model)
     plan = {}
     for name in find_targets(model, config.target_modules):
         layer = layer_index(name)
@@ -376,5 +381,8 @@ class RankMixModel(nn.Module):
 
 
 def get_model(model: nn.Module, config: AdapterConfig) -> RankMixModel:
-    """Freeze `model` and add `config`'s adapters to the linear layers it targets (in place)."""
-    return RankMixModel(model, config)
+    """Freeze `model` and add `config`'s adapters to the linear layers it targets (in place). Fields set
+    to "auto" are allocated first (allocators.py); the model's `adapter_config` holds the result."""
+    from .allocators import resolve  # allocators sizes configs through sizing.py, which imports this module
+
+    return RankMixModel(model, resolve(model, config))

@@ -60,19 +60,20 @@ class _Module:
     d_out: int
     ranks: list[int]
     components: int  # of its expert bank (layers/experts.py)
+    layer: int | None
 
 
 def _plan(model: nn.Module, config: AdapterConfig) -> list[_Module]:
     """The modules `get_model(model, config)` adapts, with their experts, as it decides them."""
     nested = method_of(config).nested
     return [
-        _Module(*linear_shape(model.get_submodule(name)), ranks, components(ranks, nested))
+        _Module(*linear_shape(model.get_submodule(name)), ranks, components(ranks, nested), layer_index(name))
         for name, ranks in adapter_plan(model, config).items()
     ]
 
 
-def _router_parameters(config: AdapterConfig, plan: list[_Module]) -> int:
-    """Parameters of every module's router, from one router of each shape built by the method's own
+def _router_sizes(config: AdapterConfig, plan: list[_Module]) -> list[int]:
+    """Parameters of each module's router, from one router of each shape built by the method's own
     factory on the CPU (routers are small: a gate and, task-routed, a task-embedding table)."""
     method, sizes = method_of(config), {}
     with torch.device("cpu"):
@@ -80,7 +81,17 @@ def _router_parameters(config: AdapterConfig, plan: list[_Module]) -> int:
             key = (m.d_in, len(m.ranks))
             if key not in sizes:
                 sizes[key] = sum(p.numel() for p in method.make_router(config, *key).parameters())
-    return sum(sizes[(m.d_in, len(m.ranks))] for m in plan)
+    return [sizes[(m.d_in, len(m.ranks))] for m in plan]
+
+
+def trainable_by_layer(model: nn.Module, config: AdapterConfig) -> dict[int | None, int]:
+    """The trainable parameters (expert factors and routers) of each layer's adapted modules, by layer
+    index: what an allocation under a budget adds up (allocators.py)."""
+    plan = _plan(model, config)
+    counts: dict[int | None, int] = {}
+    for m, router in zip(plan, _router_sizes(config, plan), strict=True):
+        counts[m.layer] = counts.get(m.layer, 0) + m.components * (m.d_in + m.d_out) + router
+    return counts
 
 
 def parameter_counts(model: nn.Module, config: AdapterConfig) -> dict[str, int]:
@@ -94,7 +105,7 @@ def parameter_counts(model: nn.Module, config: AdapterConfig) -> dict[str, int]:
 
 def _counts(model: nn.Module, config: AdapterConfig, plan: list[_Module]) -> dict[str, int]:
     adapter = sum(m.components * (m.d_in + m.d_out) for m in plan)
-    router = _router_parameters(config, plan)
+    router = sum(_router_sizes(config, plan))
     base = sum(p.numel() for p in model.parameters())
     return {
         "trainable": adapter + router,

@@ -27,6 +27,10 @@ class BaseLayer:
         """(d_in, d_out)."""
         return module.in_features, module.out_features
 
+    def dense_weight(self, module: nn.Module) -> torch.Tensor:
+        """The weight as a (d_out, d_in) float matrix (dequantized, for quantized kinds)."""
+        return module.weight
+
     def merge(self, module: nn.Module, delta: torch.Tensor) -> nn.Module:
         """`module` with `delta` (in its weight's layout) added to its weight: the layer to put in its
         place (`module` itself, changed in place, for float kinds)."""
@@ -47,14 +51,13 @@ class Conv1D(BaseLayer):
         d_in, d_out = module.weight.shape
         return d_in, d_out
 
+    def dense_weight(self, module):
+        return module.weight.t()
+
 
 class Quantized(BaseLayer):
     """A bitsandbytes layer. Its weight cannot take a float delta: merging dequantizes it into a float32
     nn.Linear of the same shape and adds the delta there (re-quantizing would round the delta away)."""
-
-    def dense_weight(self, module: nn.Module) -> torch.Tensor:
-        """The weight dequantized, (d_out, d_in)."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def dequantize(self, module: nn.Module) -> nn.Linear:

@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from ..allocators import resolve
 from ..sizing import SizeEstimate, available_memory, check_size, estimate_size
 from .loading import model_skeleton
 from .run_config import RunConfig
@@ -20,8 +21,10 @@ def check_run_size(cfg: RunConfig, device: torch.device) -> SizeEstimate:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     t = cfg.train
     mixed = t.mixed_precision != "no"
-    estimate = estimate_size(
-        model_skeleton(cfg.model), cfg.adapter_config(), t.batch_size, t.max_length, mixed
-    )
+    skeleton = model_skeleton(cfg.model)
+    # an "auto" allocation is sized as spread evenly over the layers, at its budget (which this refuses
+    # before any weight is read where it cannot be met)
+    config = resolve(skeleton, cfg.adapter_config(), scores="uniform")
+    estimate = estimate_size(skeleton, config, t.batch_size, t.max_length, mixed)
     check_size(estimate, available_memory(device))
     return estimate
