@@ -225,7 +225,25 @@ GLUE_HILO_STUDY = (
     # dynamic routing: p = 0.8 (GLUE suite) keeps 1.9 of the 2 experts per token; a lower p drops more
     _glue("hilo", "hilo-topp-0.5", *RSLORA_SCALING, "method.top_p=0.5"),
 )
+# Automatic allocation (issue 23) on GLUE-CPU at equal trainable parameters, counted on MiniLM with every
+# linear layer adapted (sizing.parameter_counts on the meta skeleton): HiLo "2468"/"2468"'s 1,057,536 and
+# MoRE r=8's 643,104. MoLA-2468 at rank 5 (988,416, 0.93x) and LoRA r=25 (1,036,800) keep alpha/r = 2.
+AUTO_HILO = ("method.experts=auto", "method.ranks=auto", "method.budget=1057536")
+GLUE_ALLOCATION = (
+    _glue("hilo", "hilo-auto-spectral", *AUTO_HILO),
+    _glue("hilo", "hilo-auto-probe", *AUTO_HILO, "method.allocator=probe"),
+    _glue("mola", "mola-2468-r5", "method.rank=5", "method.alpha=10"),
+    _glue("lora", "lora-r25", "method.r=25", "method.alpha=50"),
+    _glue("more", "more-auto-spectral", "method.max_rank=auto", "method.budget=643104"),
+)
 SUITES = {
+    "glue-allocation": Suite(
+        GLUE_ALLOCATION,
+        seeds=(0, 1, 2),
+        baseline="glue/hilo",
+        headline_tasks=GLUE_HEADLINE,
+        references=("glue/hilo", "glue/mola", "glue/lora", "glue/more"),
+    ),
     "glue-hilo-study": Suite(
         GLUE_HILO_STUDY,
         seeds=(0,),

@@ -101,7 +101,7 @@ def test_allocation_is_deterministic_and_leaves_the_callers_config_alone():
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"budget": 100}, "below the smallest allocation"),
+        ({"budget": 100}, "below the smallest allocation: experts 2 in every layer"),
         ({"budget": 10**9}, "above the largest allocation"),
         ({"budget": "lora-r4", "auto_min": 20, "auto_max": 30}, "below the smallest allocation"),
     ],
@@ -199,3 +199,78 @@ def test_spectral_scores_follow_the_reference():
         names = [n for n in targets if f".layers.{layer}." in n]
         mean = np.mean([_reference_alpha(base.get_submodule(n).weight) for n in names])
         assert scores[layer] == pytest.approx(mean**BETA, rel=1e-5)
+
+
+# -- the probe allocator -----------------------------------------------------------------------------
+def _batches(vocab: int = 100, n: int = 50):
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(n):
+        ids = torch.randint(5, vocab, (4, 9), generator=generator)
+        yield {"input_ids": ids, "labels": ids, "task_ids": torch.tensor([0, 1, 0, 1])}
+
+
+def _reference_probe(base, steps: int, seed: int) -> dict[int, float]:
+    """The probe written out: a rank-8 LoRA from the same seed, `steps` AdamW steps, |grad x weight|
+    of every lora_A and lora_B summed by the layer index in its name."""
+    from rankmix.allocators import PROBE_LR, PROBE_RANK
+    from rankmix.model import layer_index
+
+    torch.manual_seed(seed)
+    model = get_model(base, LoRAConfig(r=PROBE_RANK))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=PROBE_LR)
+    scores: dict[int, float] = {}
+    for _, batch in zip(range(steps), _batches(), strict=False):
+        model(**batch).loss.backward()
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                layer = layer_index(name)
+                scores[layer] = scores.get(layer, 0.0) + float((p.grad * p).abs().sum())
+        optimizer.step()
+        optimizer.zero_grad()
+    model.unload()
+    return scores
+
+
+def test_probe_scores_match_a_slow_reference_and_leave_the_model_and_rng_alone():
+    from rankmix.allocators import Probe, probe_scores
+
+    base = build_base("llama", layers=3, hidden=32)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    rng = torch.get_rng_state()
+    config = MoLAConfig(experts="auto", rank=2, allocator="probe", probe_steps=4)
+    scores = probe_scores(base, config, Probe(_batches(), seed=7))
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert not any(isinstance(m, AdaptedLinear) for m in base.modules())
+    assert base.state_dict().keys() == before.keys()
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    reference = _reference_probe(build_base("llama", layers=3, hidden=32), steps=4, seed=7)
+    assert scores.keys() == reference.keys()
+    for layer in scores:
+        assert scores[layer] == pytest.approx(reference[layer], rel=1e-4)
+
+
+def test_the_probe_allocator_holds_the_budget_and_is_deterministic():
+    from rankmix.allocators import Probe
+
+    config = MoLAConfig(experts="auto", rank=2, allocator="probe", budget="lora-r8")
+    first = get_model(build_base("llama", layers=6, hidden=32), config, probe=Probe(_batches()))
+    second = get_model(build_base("llama", layers=6, hidden=32), config, probe=Probe(_batches()))
+    assert first.adapter_config.experts == second.adapter_config.experts
+    budget = parameter_counts(build_base("llama", layers=6, hidden=32), LoRAConfig(r=8))["trainable"]
+    assert 0.95 * budget <= first.parameter_counts()["trainable"] <= budget
+
+
+def test_the_probe_allocator_without_batches_says_what_to_pass():
+    base = build_base("llama", layers=2, hidden=32)
+    with pytest.raises(ValueError, match=r"Probe\(batches=\.\.\.\)"):
+        get_model(base, MoLAConfig(experts="auto", allocator="probe"))
+    assert not any(isinstance(m, AdaptedLinear) for m in base.modules())
+
+
+def test_the_probe_needs_as_many_batches_as_steps():
+    from rankmix.allocators import Probe
+
+    base = build_base("llama", layers=6, hidden=32)
+    config = MoLAConfig(experts="auto", rank=2, allocator="probe", probe_steps=10)
+    with pytest.raises(ValueError, match="needs 10 batches"):
+        get_model(base, config, probe=Probe(_batches(n=3)))

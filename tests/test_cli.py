@@ -1920,3 +1920,29 @@ def test_a_recipe_with_an_automatic_allocation_inspects_trains_and_loads(runs, m
     counts = model.parameter_counts()  # loaded for inference: nothing trainable, the sizes as trained
     assert 0.95 * budget <= counts["adapter"] + counts["router"] <= budget
     assert json.loads((run / "results.json").read_text())["average"] is not None
+
+
+def test_the_probe_allocator_trains_its_first_pass_on_the_recipes_data(runs, model_dirs):
+    """`allocator: probe` on an encoder: inspect (which loads no data otherwise) and train both run the
+    probe's first pass on the recipe's training data, with the task heads, and agree on the allocation."""
+    from rankmix import MoLAConfig
+
+    base = auto_class("encoder").from_pretrained(model_dirs["encoder"])
+    budget = parameter_counts(base, MoLAConfig(experts=3, rank=2, top_k=1))["trainable"]
+    method = {
+        "method": "mola",
+        "experts": "auto",
+        "rank": 2,
+        "top_k": 1,
+        "allocator": "probe",
+        "budget": budget,
+    }
+    recipe = runs.recipe("auto-probe", "encoder", method=method)
+    shown = ok("inspect", recipe)
+    assert f"experts allocated by probe under budget {budget}" in shown
+    ok("train", recipe, "--no-progress")
+    saved = json.loads((runs.root / "auto-probe" / "adapter" / "adapter_config.json").read_text())
+    experts = saved.get("adapter", saved)["experts"]
+    assert isinstance(experts, list) and len(experts) == 2
+    rows = [line.split() for line in shown.splitlines() if line.split()[:1] in (["0"], ["1"])]
+    assert [int(row[2]) for row in rows] == experts  # inspect's table: layer, modules, experts, ranks

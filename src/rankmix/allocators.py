@@ -12,11 +12,19 @@ a better-trained layer, so a layer's score is alpha ** BETA (BETA = 2.5, AlphaLo
 where the spectrum says a layer is less trained. AlphaLoRA picks the tail by a Kolmogorov-Smirnov search;
 the fixed half keeps the estimate deterministic and cheap.
 
+`probe` (data-driven): a rank-PROBE_RANK LoRA on the same modules trains `probe_steps` steps (AdamW,
+PROBE_LR) on the caller's batches, and a layer's score is the sum over those steps of |gradient x
+weight| over its LoRA factors (the first-order estimate of how much the loss depends on them, as
+AdaLoRA's sensitivity). The pass runs on a forked RNG and the base model comes back unchanged.
+
 Allocation: every layer takes u = clip(round(s * w), lo, hi), w its score over the mean score, with the
 largest s whose total (sizing.trainable_by_layer: expert factors and routers) stays within the budget,
-then one more where rounding fell furthest below s * w while the budget allows; a total more than 5%
-below the budget, or a budget outside what lo and hi allow, is refused before anything is built. HiLo
-with both fields "auto" gives a layer u experts of rank u (its paper's profiles grow both together).
+then one more where rounding fell furthest below s * w while the budget allows; while the total is still
+more than 5% short, one step moves from a layer to another where it costs more (the largest gain that
+fits). A total still short, or a budget outside what lo and hi allow, is refused before anything is
+built. HiLo
+with both fields "auto" grows a layer's experts and rank in turn (`Steps`: u experts of rank u or u + 1;
+its paper's profiles grow both together).
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -32,12 +41,29 @@ from torch import nn
 from .allocation import layer_index
 from .config import AdapterConfig, LoRAConfig
 from .layers.base import base_layer_kind
-from .model import find_targets, layer_count
+from .model import RankMixModel, find_targets, layer_count
 from .sizing import parameter_counts, trainable_by_layer
 
 BETA = 2.5  # AlphaLoRA's exponent from a layer's alpha to its share
 TOLERANCE = 0.05  # an allocation spends at least 95% of its budget
 DEFAULT_MAX = 16  # the largest per-layer value, unless auto_max says otherwise
+PROBE_RANK, PROBE_LR = 8, 1e-3  # the probe allocator's LoRA and its learning rate
+
+
+def _own_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    return model(**batch).loss
+
+
+@dataclass
+class Probe:
+    """What the `probe` allocator trains on: `batches`, model inputs with labels (and task_ids), at least
+    `probe_steps` of them; `wrap` puts what the model needs around the adapted model (an encoder's task
+    heads), and `loss` turns a batch into the loss to back-propagate (default: the forward's `.loss`)."""
+
+    batches: Iterable[dict]
+    loss: Callable[[nn.Module, dict], torch.Tensor] = _own_loss
+    wrap: Callable[[RankMixModel], nn.Module] | None = None
+    seed: int = 0
 
 
 def hill_alpha(weight: torch.Tensor) -> float:
@@ -56,6 +82,44 @@ def spectral_scores(model: nn.Module, targets: list[str]) -> dict[int, float]:
         module = model.get_submodule(name)
         alphas[layer_index(name)].append(hill_alpha(base_layer_kind(module).dense_weight(module)))
     return {layer: statistics.fmean(a) ** BETA for layer, a in alphas.items()}
+
+
+def probe_scores(model: nn.Module, config: AdapterConfig, probe: Probe) -> dict[int, float]:
+    """{layer: |gradient x weight| of a rank-PROBE_RANK LoRA's factors in the layer, summed over the
+    probe's steps}; `model` comes back as it was, and so does the global RNG."""
+    lora = LoRAConfig(r=PROBE_RANK, target_modules=config.target_modules)
+    scores: dict[int, float] = defaultdict(float)
+    steps = 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(probe.seed)
+        adapted = RankMixModel(model, lora)
+        try:
+            trained = probe.wrap(adapted) if probe.wrap else adapted
+            trained.train()
+            parameters = [p for p in trained.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(parameters, lr=PROBE_LR)
+            device = parameters[0].device
+            for batch in probe.batches:
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                probe.loss(trained, batch).backward()
+                for name, module in adapted.adapted_modules():
+                    scores[layer_index(name)] += sum(
+                        float((p.grad * p).abs().sum())
+                        for p in module.bank.parameters()
+                        if p.grad is not None
+                    )
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                steps += 1
+                if steps == config.probe_steps:
+                    break
+        finally:
+            adapted.unload()
+    if steps < config.probe_steps:
+        raise ValueError(f"the probe allocator needs {config.probe_steps} batches (probe_steps), got {steps}")
+    if not any(scores.values()):
+        raise ValueError("the probe pass found no gradient in any adapted layer; check the batches' labels")
+    return dict(scores)
 
 
 def budget_of(model: nn.Module, config: AdapterConfig) -> int:
@@ -78,12 +142,33 @@ def bounds(config: AdapterConfig) -> tuple[int, int]:
     return low, high
 
 
-def solve(
-    weights: dict[int, float], cost: Callable[[int, int], int], budget: int, low: int, high: int
-) -> dict[int, int]:
+Cost = Callable[[int, int], int]  # (layer, value) -> trainable parameters of that layer's modules
+
+
+def check_budget(
+    layers: list[int], cost: Cost, budget: int, low: int, high: int, label: Callable[[int], str] = str
+) -> None:
+    """Refuse a budget below what `low` in every layer takes, or short of what `high` everywhere takes;
+    `label` names a value in the message."""
+    least = sum(cost(layer, low) for layer in layers)
+    most = sum(cost(layer, high) for layer in layers)
+    if least > budget:
+        raise ValueError(
+            f"budget {budget:,} is below the smallest allocation: {label(low)} in every layer already "
+            f"takes {least:,} trainable parameters; raise budget or lower auto_min"
+        )
+    if most < (1 - TOLERANCE) * budget:
+        raise ValueError(
+            f"budget {budget:,} is above the largest allocation: {label(high)} in every layer takes "
+            f"{most:,} trainable parameters; raise auto_max or lower budget"
+        )
+
+
+def solve(weights: dict[int, float], cost: Cost, budget: int, low: int, high: int) -> dict[int, int]:
     """{layer: value} in [low, high], spread as `weights` say, whose total `cost(layer, value)` is within
     TOLERANCE below `budget` (module docstring); ValueError where no allocation can be."""
     layers = sorted(weights)
+    check_budget(layers, cost, budget, low, high)
     mean = statistics.fmean(weights.values())
     share = {layer: weights[layer] / mean for layer in layers}
 
@@ -93,47 +178,91 @@ def solve(
     def total(values: dict[int, int]) -> int:
         return sum(cost(layer, v) for layer, v in values.items())
 
-    least, most = total(dict.fromkeys(layers, low)), total(dict.fromkeys(layers, high))
-    if least > budget:
-        raise ValueError(
-            f"budget {budget:,} is below the smallest allocation: {low} in every layer already takes "
-            f"{least:,} trainable parameters; raise budget or lower auto_min"
-        )
-    if most < (1 - TOLERANCE) * budget:
-        raise ValueError(
-            f"budget {budget:,} is above the largest allocation: {high} in every layer takes {most:,} "
-            "trainable parameters; raise auto_max or lower budget"
-        )
-    below, above = 0.0, high / min(share.values()) + 1  # at `above` every layer is at `high`
+    below, above = 0.0, high / max(min(share.values()), 1e-9) + 1  # at `above` every layer is at `high`
     for _ in range(60):
         middle = (below + above) / 2
         below, above = (middle, above) if total(at(middle)) <= budget else (below, middle)
     chosen = at(below)
     spent = total(chosen)
-    while True:  # top up, where rounding fell furthest below the target
+
+    def raise_cost(layer: int) -> int:
+        return cost(layer, chosen[layer] + 1) - cost(layer, chosen[layer])
+
+    def lower_saving(layer: int) -> int:
+        return cost(layer, chosen[layer]) - cost(layer, chosen[layer] - 1)
+
+    while True:
         growing = [layer for layer in layers if chosen[layer] < high]
-        step = {layer: cost(layer, chosen[layer] + 1) - cost(layer, chosen[layer]) for layer in growing}
-        fits = [layer for layer in growing if spent + step[layer] <= budget]
-        if not fits:
+        fits = [layer for layer in growing if spent + raise_cost(layer) <= budget]
+        if fits:  # top up, where rounding fell furthest below the target
+            layer = max(fits, key=lambda x: (below * share[x] - chosen[x], -x))
+            spent += raise_cost(layer)
+            chosen[layer] += 1
+            continue
+        if spent >= (1 - TOLERANCE) * budget:
             break
-        layer = max(fits, key=lambda x: (below * share[x] - chosen[x], -x))
-        chosen[layer] += 1
-        spent += step[layer]
+        # still short: move one step from a layer to another where that spends more, within the budget
+        moves = [
+            (raise_cost(b) - lower_saving(a), a, b)
+            for a in layers
+            if chosen[a] > low
+            for b in growing
+            if b != a and 0 < raise_cost(b) - lower_saving(a) <= budget - spent
+        ]
+        if not moves:
+            break
+        gain, a, b = max(moves, key=lambda m: (m[0], -m[1], -m[2]))
+        chosen[a] -= 1
+        chosen[b] += 1
+        spent += gain
     if spent < (1 - TOLERANCE) * budget:
+        largest = max((raise_cost(layer) for layer in layers if chosen[layer] < high), default=0)
         raise ValueError(
-            f"no allocation comes within {TOLERANCE:.0%} below budget {budget:,} (the closest takes "
-            f"{spent:,}): one more in a layer costs up to {max(step.values()):,}; raise the budget"
+            f"no allocation comes within {TOLERANCE:.0%} below budget {budget:,} (the closest found takes "
+            f"{spent:,}): one more in a layer costs up to {largest:,}; raise the budget"
         )
     return chosen
 
 
-def resolve(model: nn.Module, config: AdapterConfig, scores: str | None = None) -> AdapterConfig:
+@dataclass(frozen=True)
+class Steps:
+    """How an allocation's integer step sets the "auto" fields of a layer: one field takes the step
+    itself; two (HiLo's experts and ranks) grow in turn, one more rank, then one more expert (step 2u:
+    u experts of rank u; 2u + 1: u experts of rank u + 1), half the cost of growing both at once."""
+
+    names: tuple[str, ...]
+
+    def values(self, step: int) -> dict[str, int]:
+        if len(self.names) == 1:
+            return {self.names[0]: step}
+        fewer, more = self.names
+        return {fewer: step // 2, more: (step + 1) // 2}
+
+    def index(self, value: int) -> int:
+        """The step at which every field equals `value`."""
+        return value if len(self.names) == 1 else 2 * value
+
+    def label(self, step: int) -> str:
+        return " and ".join(f"{name} {value}" for name, value in self.values(step).items())
+
+
+def resolve(
+    model: nn.Module, config: AdapterConfig, scores: str | None = None, probe: Probe | None = None
+) -> AdapterConfig:
     """`config` with its "auto" fields allocated on `model`, as explicit per-layer lists (what get_model
     builds and saves); unchanged when none is "auto". `scores`: the config's allocator, or "uniform"
-    (every layer alike: what sizing a recipe before its weights are read needs; a meta skeleton will do)."""
+    (every layer alike: what sizing a recipe before its weights are read needs; a meta skeleton will do).
+    The `probe` allocator trains on `probe`'s batches. A budget that cannot be met is refused before any
+    score is computed."""
     pending = config.pending()
     if not pending:
         return config
+    kind = scores or config.allocator
+    if kind == "probe" and probe is None:
+        raise ValueError(
+            "allocator='probe' trains a short first pass: pass its batches, get_model(model, config, "
+            "probe=rankmix.allocators.Probe(batches=...)) (recipes do), or use allocator='spectral'"
+        )
     targets = find_targets(model, config.target_modules)
     unplaced = [name for name in targets if layer_index(name) is None]
     if unplaced:
@@ -141,17 +270,28 @@ def resolve(model: nn.Module, config: AdapterConfig, scores: str | None = None) 
             f"an 'auto' {pending[0]} is allocated per layer, but target module {unplaced[0]!r} has no layer "
             "index in its name; narrow target_modules to modules inside the numbered blocks"
         )
-    kind = scores or config.allocator
-    weights = (
-        spectral_scores(model, targets) if kind == "spectral" else {layer_index(n): 1.0 for n in targets}
-    )
     low, high = bounds(config)
     n_layers = layer_count(model)
+    fields = Steps(tuple(pending))
+    first, last = fields.index(low), fields.index(high) + 1  # the steps from `low` everywhere to `high`
 
-    def filled(value: int) -> AdapterConfig:
-        return dataclasses.replace(config, **{name: [value] * n_layers for name in pending})
+    def filled(step: int) -> AdapterConfig:
+        return dataclasses.replace(config, **{n: [v] * n_layers for n, v in fields.values(step).items()})
 
-    table = {value: trainable_by_layer(model, filled(value)) for value in range(low, high + 1)}
-    chosen = solve(weights, lambda layer, value: table[value][layer], budget_of(model, config), low, high)
-    values = [chosen.get(layer, low) for layer in range(n_layers)]
-    return dataclasses.replace(config, **{name: values for name in pending})
+    table = {step: trainable_by_layer(model, filled(step)) for step in range(first, last)}
+    budget = budget_of(model, config)
+    layers = sorted({layer_index(n) for n in targets})
+
+    def cost(layer: int, step: int) -> int:
+        return table[step][layer]
+
+    check_budget(layers, cost, budget, first, last - 1, fields.label)  # before any score is computed
+    if kind == "spectral":
+        weights = spectral_scores(model, targets)
+    elif kind == "probe":
+        weights = probe_scores(model, config, probe)
+    else:
+        weights = dict.fromkeys(layers, 1.0)
+    chosen = solve(weights, cost, budget, first, last - 1)
+    per_layer = [fields.values(chosen.get(layer, first)) for layer in range(n_layers)]
+    return dataclasses.replace(config, **{n: [values[n] for values in per_layer] for n in pending})

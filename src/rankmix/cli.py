@@ -112,11 +112,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_inspect(args: argparse.Namespace) -> None:
     from .recipes.run import (
         allocation_by_layer,
-        build_model,
         open_run,
         parameters,
+        prepare,
         resolve_device,
-        resolve_tasks,
         selected_ranks_by_layer,
     )
     from .recipes.sizes import check_run_size
@@ -129,8 +128,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     else:
         cfg = load_run_config(path, args.set)
         size = check_run_size(cfg, resolve_device("auto"))  # before building what cannot fit
-        model, adapted, _, family = build_model(cfg, resolve_tasks(cfg))
-        heads, tasks = family.heads(model), cfg.tasks
+        run = prepare(cfg, splits=())  # no data, but what the probe allocator trains on
+        adapted, heads, tasks = run.adapted, run.heads, cfg.tasks
     print(f"method: {adapted.adapter_config.method}   tasks: {tasks}")
     print("parameters:", parameters(adapted, heads))
     if not trained:

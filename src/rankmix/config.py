@@ -30,7 +30,7 @@ class AuxLoss(enum.StrEnum):
 SCALINGS = ("rank", "rslora", "constant")
 
 AUTO = "auto"  # a field whose per-layer values get_model allocates (allocators.py)
-ALLOCATORS = ("spectral",)
+ALLOCATORS = ("spectral", "probe")
 
 
 POOLINGS = ("first", "mean")
@@ -94,6 +94,11 @@ class AdapterConfig(abc.ABC):
         """The fields still "auto": get_model allocates them before building (allocators.py)."""
         return [name for name in self.auto_fields if getattr(self, name) == AUTO]
 
+    @property
+    def probing(self) -> bool:
+        """Whether get_model needs training batches: a field still "auto" under the probe allocator."""
+        return bool(self.pending()) and getattr(self, "allocator", None) == "probe"
+
     def _check_resolved(self) -> None:
         if self.pending():
             raise ValueError(
@@ -149,8 +154,12 @@ class AutoAllocation:
     )
     allocator: str = field(
         default="spectral",
-        metadata={"help": "'spectral': more capacity where the weights' spectra say a layer is less trained"},
+        metadata={
+            "help": "'spectral': more capacity where the weights' spectra say a layer is less trained; "
+            "'probe': where a short first pass of LoRA training finds the largest |gradient x weight|"
+        },
     )
+    probe_steps: int = field(default=10, metadata={"help": "training steps of the 'probe' allocator's pass"})
     auto_min: int | None = field(
         default=None, metadata={"help": "smallest per-layer value of an 'auto' field (default: top_k or 1)"}
     )
@@ -170,6 +179,7 @@ class AutoAllocation:
             )
         if self.allocator not in ALLOCATORS:
             raise ValueError(f"allocator must be one of {ALLOCATORS}, got {self.allocator!r}")
+        _check_positive("probe_steps", self.probe_steps)
         for name in ("auto_min", "auto_max"):
             if getattr(self, name) is not None:
                 _check_positive(name, getattr(self, name))

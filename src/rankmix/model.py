@@ -380,9 +380,10 @@ class RankMixModel(nn.Module):
         return deploy.export_lora(self, task, path)
 
 
-def get_model(model: nn.Module, config: AdapterConfig) -> RankMixModel:
+def get_model(model: nn.Module, config: AdapterConfig, probe: Any = None) -> RankMixModel:
     """Freeze `model` and add `config`'s adapters to the linear layers it targets (in place). Fields set
-    to "auto" are allocated first (allocators.py); the model's `adapter_config` holds the result."""
+    to "auto" are allocated first (allocators.py; the `probe` allocator trains on `probe`, an
+    `allocators.Probe`); the model's `adapter_config` holds the result."""
     from .allocators import resolve  # allocators sizes configs through sizing.py, which imports this module
 
-    return RankMixModel(model, resolve(model, config))
+    return RankMixModel(model, resolve(model, config, probe=probe))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..allocators import Probe
+from ..data.collate import pad_features, pad_id
+from ..data.sampling import TaskSampler
 from ..families import ModelFamily
 from ..files import atomic_folder, child, write_json
 from ..model import RankMixModel, get_model
@@ -121,22 +125,63 @@ def load_data(cfg: RunConfig, tasks: list[Task], splits: tuple[str, ...] = ("tra
     return data
 
 
-def build_model(cfg: RunConfig, tasks: list[Task]) -> tuple[nn.Module, RankMixModel, Any, ModelFamily]:
-    """(trainable module, adapted model, tokenizer, family), initialised with the run's seed."""
+def build_model(
+    cfg: RunConfig, tasks: list[Task], train_sets: list[list[Example]] | None = None
+) -> tuple[nn.Module, RankMixModel, Any, ModelFamily]:
+    """(trainable module, adapted model, tokenizer, family), initialised with the run's seed; an "auto"
+    allocation by the probe allocator trains its first pass on `train_sets`."""
     torch.manual_seed(cfg.train.seed)
     base, tokenizer, family = load_model(cfg.model, cfg.model_quantization)
     family.check(tasks, cfg.eval_mode)
     if cfg.train.gradient_checkpointing:  # non-reentrant: the routers' aux losses keep their gradients
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    adapted = get_model(base, cfg.adapter_config())
+    config = cfg.adapter_config()
+    probe = probe_pass(cfg, tasks, train_sets, tokenizer, family) if config.probing else None
+    adapted = get_model(base, config, probe=probe)
     return family.wrap(adapted, tasks), adapted, tokenizer, family
 
 
+def probe_pass(
+    cfg: RunConfig,
+    tasks: list[Task],
+    train_sets: list[list[Example]] | None,
+    tokenizer: Any,
+    family: ModelFamily,
+) -> Probe:
+    """The probe allocator's first pass as training starts: the recipe's sampler and seed, its task heads
+    and loss; examples are tokenised as they are drawn."""
+    if not train_sets:
+        raise ValueError(
+            "allocator: probe trains on the recipe's training data, which this command did not load"
+        )
+    t = cfg.train
+    sizes = [len(s) for s in train_sets]
+    sampler = TaskSampler(sizes, t.batch_size, t.sampling, t.temperature, t.batch_mode, seed=t.seed)
+
+    def batches() -> Iterator[dict]:
+        while True:
+            rows = [
+                family.features(tokenizer, i, tasks[i], train_sets[i][index], t.max_length)
+                for i, index in sampler.next_batch()
+            ]
+            yield pad_features(rows, pad_id(tokenizer))
+
+    return Probe(
+        batches(),
+        loss=lambda model, batch: family.train_outputs(model, batch).loss,
+        wrap=lambda adapted: family.wrap(adapted, tasks),
+        seed=t.seed,
+    )
+
+
 def prepare(cfg: RunConfig, splits: tuple[str, ...] = ("train", "dev")) -> Run:
-    """Tasks and data first (quick, and where bad input shows), then the model."""
+    """Tasks and data first (quick, and where bad input shows), then the model. The probe allocator's
+    first pass reads the training data whatever `splits` asks."""
     tasks = resolve_tasks(cfg)
+    if cfg.adapter_config().probing and "train" not in splits:
+        splits = ("train", *splits)
     data = load_data(cfg, tasks, splits)
-    model, adapted, tokenizer, family = build_model(cfg, tasks)
+    model, adapted, tokenizer, family = build_model(cfg, tasks, data.get("train"))
     return Run(cfg, tasks, data.get("train", []), data.get("dev", []), model, adapted, tokenizer, family)
 
 
