@@ -104,7 +104,7 @@ def probe_scores(model: nn.Module, config: AdapterConfig, probe: Probe) -> dict[
                 probe.loss(trained, batch).backward()
                 for name, module in adapted.adapted_modules():
                     scores[layer_index(name)] += sum(
-                        float((p.grad * p).abs().sum())
+                        float((p.grad * p.detach()).abs().sum())
                         for p in module.bank.parameters()
                         if p.grad is not None
                     )
