@@ -29,6 +29,7 @@ from render import MARKDOWN, replace_section
 
 ROOT = Path(__file__).resolve().parent
 SECTION = "allocation-time"
+PLOTS = ROOT / "results" / "allocation" / "plots"
 RECIPES = {"minilm": "configs/glue-minilm-hilo.yaml", "smollm2": "configs/commonsense-smollm2-hilo.yaml"}
 ALLOCATORS = ("spectral", "probe")
 
@@ -58,6 +59,37 @@ def measure(recipe: str, data_dir: str) -> dict:
         }
         print(f"{recipe} {allocator}: {seconds:.1f} s, experts {resolved.experts}, ranks {resolved.ranks}")
     return record
+
+
+def plot(results: dict, folder: Path) -> list[Path]:
+    """Per model, the experts and the rank of every layer, by hand ("2468"/"2468") and by each allocator,
+    side by side; PNGs in `folder`."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from rankmix.allocation import per_layer
+    from rankmix.plots import save_png
+
+    written = []
+    for model, r in results.items():
+        rows = {name: (a["experts"], a["ranks"]) for name, a in r["allocators"].items()}
+        n = len(next(iter(rows.values()))[0])
+        rows = {'hand "2468"': (per_layer("2468", n, "experts"), per_layer("2468", n, "ranks")), **rows}
+        fig = Figure(figsize=(max(6.0, 0.3 * n + 3.0), 5.5))
+        panels = fig.subplots(2, 1, sharex=True)
+        width = 0.8 / len(rows)
+        for i, (name, values) in enumerate(rows.items()):
+            for panel, series in zip(panels, values, strict=True):
+                panel.bar(np.arange(n) + (i - (len(rows) - 1) / 2) * width, series, width, label=name)
+        panels[0].set_ylabel("experts")
+        panels[1].set_ylabel("rank of each expert")
+        panels[1].set_xlabel("layer")
+        panels[0].legend(fontsize="small")
+        panels[0].set_title(
+            f"{model}: HiLo allocations at the budget of {r['budget']:,} trainable parameters"
+        )
+        written.append(save_png(fig, folder / f"{model}.png"))
+    return written
 
 
 def table(results: dict) -> str:
@@ -90,6 +122,8 @@ def main() -> None:
         'with experts and ranks `auto` at the trainable budget of the recipe\'s own "2468"/"2468"; '
         "the time is the allocation alone, the model and data loaded.\n\n" + table(results)
     )
+    pictures = plot(results, PLOTS)
+    body += "\n\n" + "\n".join(f"![{p.stem}]({p.relative_to(ROOT.parent)})" for p in pictures)
     write_text(MARKDOWN, replace_section(MARKDOWN.read_text(), SECTION, body, heading="Automatic allocation"))
     print(table(results))
 
