@@ -123,6 +123,8 @@ def test_an_impossible_budget_is_refused_before_anything_is_built(options, messa
         ({"allocator": "magic"}, "allocator must be"),
         ({"auto_min": 5, "auto_max": 3}, "auto_min"),
         ({"auto_min": 1, "top_k": 2}, "top_k=2 is larger"),
+        ({"auto_max": 1, "top_k": 2}, "top_k=2 is larger than auto_max=1"),
+        ({"allocator": "probe", "probe_steps": 1}, "probe_steps must be at least 2"),
     ],
 )
 def test_bad_allocation_options_are_refused_at_construction(options, message):
@@ -274,3 +276,26 @@ def test_the_probe_needs_as_many_batches_as_steps():
     config = MoLAConfig(experts="auto", rank=2, allocator="probe", probe_steps=10)
     with pytest.raises(ValueError, match="needs 10 batches"):
         get_model(base, config, probe=Probe(_batches(n=3)))
+
+
+@pytest.mark.parametrize("name", list(AUTO_CONFIGS))
+def test_allocating_does_not_move_the_seeded_initialisation(name):
+    """From the same seed, an "auto" config and the explicit config it resolves to build the same
+    adapter weights: counting parameters for the budget draws nothing from the global RNG."""
+    make, _ = AUTO_CONFIGS[name]
+    torch.manual_seed(5)
+    auto = get_model(build_base("llama", layers=6, hidden=32, seed=None), make(budget="lora-r8"))
+    torch.manual_seed(5)
+    explicit = get_model(build_base("llama", layers=6, hidden=32, seed=None), auto.adapter_config)
+    a, b = auto.adapter_state_dict(), explicit.adapter_state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_probe_leaves_the_models_mode_as_it_was():
+    from rankmix.allocators import Probe, probe_scores
+
+    base = build_base("llama", layers=3, hidden=32)  # eval mode
+    probe_scores(
+        base, MoLAConfig(experts="auto", rank=2, allocator="probe", probe_steps=2), Probe(_batches())
+    )
+    assert not base.training and not any(m.training for m in base.modules())

@@ -30,6 +30,7 @@ its paper's profiles grow both together).
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -89,16 +90,19 @@ def probe_scores(model: nn.Module, config: AdapterConfig, probe: Probe) -> dict[
     probe's steps}; `model` comes back as it was, and so does the global RNG."""
     lora = LoRAConfig(r=PROBE_RANK, target_modules=config.target_modules)
     scores: dict[int, float] = defaultdict(float)
-    steps = 0
-    with torch.random.fork_rng(devices=[]):
+    steps, training = 0, model.training
+    gpus = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
+    with torch.random.fork_rng(devices=gpus):
         torch.manual_seed(probe.seed)
         adapted = RankMixModel(model, lora)
         try:
-            trained = probe.wrap(adapted) if probe.wrap else adapted
+            device = next(p.device for p in adapted.parameters() if p.requires_grad)
+            trained = (
+                probe.wrap(adapted).to(device) if probe.wrap else adapted
+            )  # new heads: the body's device
             trained.train()
             parameters = [p for p in trained.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(parameters, lr=PROBE_LR)
-            device = parameters[0].device
             for batch in probe.batches:
                 batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                 probe.loss(trained, batch).backward()
@@ -115,8 +119,11 @@ def probe_scores(model: nn.Module, config: AdapterConfig, probe: Probe) -> dict[
                     break
         finally:
             adapted.unload()
+            model.train(training)
     if steps < config.probe_steps:
         raise ValueError(f"the probe allocator needs {config.probe_steps} batches (probe_steps), got {steps}")
+    if not all(math.isfinite(v) for v in scores.values()):
+        raise ValueError("the probe pass diverged (a NaN or infinite loss); check the batches' labels")
     if not any(scores.values()):
         raise ValueError("the probe pass found no gradient in any adapted layer; check the batches' labels")
     return dict(scores)
@@ -292,6 +299,9 @@ def resolve(
         weights = probe_scores(model, config, probe)
     else:
         weights = dict.fromkeys(layers, 1.0)
+    # four significant digits: a resumed run and every process of a distributed one allocate again, and
+    # must agree where a thread count or a device changes a score's last bits
+    weights = {layer: float(f"{w:.4g}") for layer, w in weights.items()}
     chosen = solve(weights, cost, budget, first, last - 1)
     per_layer = [fields.values(chosen.get(layer, first)) for layer in range(n_layers)]
     return dataclasses.replace(config, **{n: [values[n] for values in per_layer] for n in pending})

@@ -180,6 +180,8 @@ class AutoAllocation:
         if self.allocator not in ALLOCATORS:
             raise ValueError(f"allocator must be one of {ALLOCATORS}, got {self.allocator!r}")
         _check_positive("probe_steps", self.probe_steps)
+        if self.probe_steps < 2:  # at the first step lora_B is zero, so every |gradient x weight| is too
+            raise ValueError(f"probe_steps must be at least 2, got {self.probe_steps}")
         for name in ("auto_min", "auto_max"):
             if getattr(self, name) is not None:
                 _check_positive(name, getattr(self, name))
@@ -278,6 +280,11 @@ class _TokenRoutedConfig(AutoAllocation, AdapterConfig):
         _check_positive("top_k", self.top_k)
         if isinstance(self.experts, tuple):
             self.experts = list(self.experts)
+        if self.experts == AUTO and self.auto_max is not None and self.auto_max < self.top_k:
+            raise ValueError(
+                f"top_k={self.top_k} is larger than auto_max={self.auto_max}, the most experts a layer may "
+                "get; raise auto_max or lower top_k"
+            )
         if self.experts == AUTO:
             fewest, given = self.auto_min or self.top_k, f"auto_min={self.auto_min}"
         else:

@@ -76,7 +76,8 @@ def _router_sizes(config: AdapterConfig, plan: list[_Module]) -> list[int]:
     """Parameters of each module's router, from one router of each shape built by the method's own
     factory on the CPU (routers are small: a gate and, task-routed, a task-embedding table)."""
     method, sizes = method_of(config), {}
-    with torch.device("cpu"):
+    # built on the CPU, from a forked RNG: counting must not move the seeded initialisation that follows
+    with torch.device("cpu"), torch.random.fork_rng(devices=[]):
         for m in plan:
             key = (m.d_in, len(m.ranks))
             if key not in sizes:
