@@ -1946,3 +1946,29 @@ def test_the_probe_allocator_trains_its_first_pass_on_the_recipes_data(runs, mod
     assert isinstance(experts, list) and len(experts) == 2
     rows = [line.split() for line in shown.splitlines() if line.split()[:1] in (["0"], ["1"])]
     assert [int(row[2]) for row in rows] == experts  # inspect's table: layer, modules, experts, ranks
+
+
+def test_a_resumed_run_keeps_the_allocation_its_checkpoint_was_built_with(runs, model_dirs, monkeypatch):
+    """The checkpoint records the resolved "auto" allocation, and resuming builds that one: here the
+    spectral scores are made to say otherwise before the resume (a fresh allocation would differ), and
+    the run still resumes and ends with the allocation it started with."""
+    from rankmix import allocators
+    from rankmix.allocators import resolve
+
+    base = auto_class("decoder").from_pretrained(model_dirs["decoder"])
+    budget = parameter_counts(base, MoREConfig(tasks=TASKS, max_rank=7))["trainable"]
+    method = {"method": "more", "max_rank": "auto", "budget": budget}
+    recipe = runs.recipe("auto-resume", "decoder", method=method, steps=4, eval_every=4)
+    ok("train", recipe, "--no-progress")
+    run = runs.root / "auto-resume"
+    first = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    first = first.get("adapter", first)["max_rank"]
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["state"]["adapter"]["max_rank"] == first
+
+    monkeypatch.setattr(allocators, "spectral_scores", lambda model, targets: {0: 1.0, 1: 50.0})
+    config = MoREConfig(tasks=TASKS, max_rank="auto", budget=budget, auto_max=12)
+    assert resolve(base, config).max_rank != first  # what allocating again would now give
+    ok("train", recipe, "--no-progress", "--set", "train.steps=8")
+    assert json.loads((run / "results.json").read_text())["steps"] == 8
+    saved = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert saved.get("adapter", saved)["max_rank"] == first

@@ -75,6 +75,7 @@ class TrainState:
     best_step: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # every evaluation: step, average, tasks
     wall_time_s: float = 0.0  # the run's wall time up to the checkpoint, summed over its attempts
+    adapter: dict[str, Any] | None = None  # the adapter config as built: an "auto" allocation, resolved
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> TrainState:
@@ -135,6 +136,18 @@ def _read(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or not {"params", "state", "optimizer"} <= set(ckpt):
         raise ValueError(f"checkpoint {path} is not a rankmix checkpoint")
     return ckpt
+
+
+def saved_adapter(path: Path) -> dict[str, Any] | None:
+    """The adapter config a run's checkpoint was built with (its resolved "auto" allocation), from the
+    latest readable checkpoint; None where there is none or it predates the record."""
+    for candidate in (path, previous(path)):
+        if candidate.is_file():
+            try:
+                return _read(candidate)["state"].get("adapter")
+            except ValueError:
+                continue  # damaged: load_checkpoint says so, and falls back the same way
+    return None
 
 
 def load_checkpoint(

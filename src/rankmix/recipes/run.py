@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..allocators import Probe
+from ..config import config_from_dict
 from ..data.collate import pad_features, pad_id
 from ..data.sampling import TaskSampler
 from ..families import ModelFamily
@@ -126,16 +127,22 @@ def load_data(cfg: RunConfig, tasks: list[Task], splits: tuple[str, ...] = ("tra
 
 
 def build_model(
-    cfg: RunConfig, tasks: list[Task], train_sets: list[list[Example]] | None = None
+    cfg: RunConfig,
+    tasks: list[Task],
+    train_sets: list[list[Example]] | None = None,
+    allocated: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, RankMixModel, Any, ModelFamily]:
     """(trainable module, adapted model, tokenizer, family), initialised with the run's seed; an "auto"
-    allocation by the probe allocator trains its first pass on `train_sets`."""
+    allocation by the probe allocator trains its first pass on `train_sets`, unless `allocated` (the
+    config a resumed run was built with) gives it."""
     torch.manual_seed(cfg.train.seed)
     base, tokenizer, family = load_model(cfg.model, cfg.model_quantization)
     family.check(tasks, cfg.eval_mode)
     if cfg.train.gradient_checkpointing:  # non-reentrant: the routers' aux losses keep their gradients
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     config = cfg.adapter_config()
+    if allocated is not None and config.pending():
+        config = config_from_dict(allocated)
     probe = probe_pass(cfg, tasks, train_sets, tokenizer, family) if config.probing else None
     adapted = get_model(base, config, probe=probe)
     return family.wrap(adapted, tasks), adapted, tokenizer, family
@@ -174,14 +181,16 @@ def probe_pass(
     )
 
 
-def prepare(cfg: RunConfig, splits: tuple[str, ...] = ("train", "dev")) -> Run:
+def prepare(
+    cfg: RunConfig, splits: tuple[str, ...] = ("train", "dev"), allocated: dict[str, Any] | None = None
+) -> Run:
     """Tasks and data first (quick, and where bad input shows), then the model. The probe allocator's
-    first pass reads the training data whatever `splits` asks."""
+    first pass reads the training data whatever `splits` asks; `allocated`: see build_model."""
     tasks = resolve_tasks(cfg)
-    if cfg.adapter_config().probing and "train" not in splits:
+    if cfg.adapter_config().probing and allocated is None and "train" not in splits:
         splits = ("train", *splits)
     data = load_data(cfg, tasks, splits)
-    model, adapted, tokenizer, family = build_model(cfg, tasks, data.get("train"))
+    model, adapted, tokenizer, family = build_model(cfg, tasks, data.get("train"), allocated)
     return Run(cfg, tasks, data.get("train", []), data.get("dev", []), model, adapted, tokenizer, family)
 
 

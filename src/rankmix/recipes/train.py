@@ -21,7 +21,14 @@ from ..data.loader import training_batches
 from ..data.sampling import ConsumedBatches, TaskSampler
 from ..files import parse_json, read_utf8, write_text
 from ..stats import mean_selected_ranks
-from .checkpoint import TrainState, has_checkpoint, load_checkpoint, resume_key, save_checkpoint
+from .checkpoint import (
+    TrainState,
+    has_checkpoint,
+    load_checkpoint,
+    resume_key,
+    save_checkpoint,
+    saved_adapter,
+)
 from .evaluate import average
 from .run import (
     Run,
@@ -209,7 +216,9 @@ def train(
     target = resolve_device(device)
     check_run_size(cfg, target)  # in seconds, before anything is allocated
     on_cpu = target.type == "cpu"
-    run = prepare(cfg)  # bad input fails here, before anything on disk changes
+    # a resumed run builds the allocation its checkpoint was built with (an "auto" one is not recomputed)
+    allocated = saved_adapter(out / CHECKPOINT) if not overwrite else None
+    run = prepare(cfg, allocated=allocated)  # bad input fails here, before anything on disk changes
     t = cfg.train
 
     # broadcast_buffers=False: every process loads the same base, and the routers' load counters are
@@ -274,7 +283,7 @@ class Training:
         self.main = accelerator.is_main_process
         self.fsdp = fsdp and accelerator.num_processes > 1  # one process has nothing to shard over
         self.start_time, self.progress = start_time, progress
-        self.state = TrainState(config=resume_key(run.config))
+        self.state = TrainState(config=resume_key(run.config), adapter=run.adapted.adapter_config.to_dict())
         self.setup_s: dict[str, float] = {}  # seconds each setup step took
         self.log: MetricsLog | None = None
 
@@ -341,6 +350,7 @@ class Training:
             for problem in passed_over:
                 acc.print(f"{problem}: using the checkpoint kept before it")
             acc.print(f"resuming {self.out} from step {self.state.step}")
+            self.state.adapter = self.run.adapted.adapter_config.to_dict()  # older checkpoints: none kept
             if self.main:  # the log reads as one run: drop what was logged after that step
                 trim_log(self.out / METRICS, self.state.step)
         self.earlier_s = self.state.wall_time_s  # the run's attempts before this one
