@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import rankmix
 from rankmix.files import write_json
 from rankmix.recipes.evaluate import average
 
@@ -345,8 +346,12 @@ def run_one(suite: str, variant: Variant, seed: int, data_dir: str, out_dir: Pat
     start, before = time.time(), spent["wall_time_s"]
     run_dir.mkdir(parents=True, exist_ok=True)
     with (runs_dir / suite / f"{name}.log").open("w") as log:
+        # the rankmix this script imported, by absolute path: a relative PYTHONPATH would not resolve
+        # from REPO, and the child would import whichever rankmix the environment has installed
+        package_root = str(Path(rankmix.__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rankmix.cli", *args], cwd=REPO, stdout=log, stderr=log
+            [sys.executable, "-m", "rankmix.cli", *args], cwd=REPO, stdout=log, stderr=log, env=env
         )
         while True:  # the wall time of this attempt is kept even if the suite is killed
             try:
