@@ -217,7 +217,8 @@ def train(
     check_run_size(cfg, target)  # in seconds, before anything is allocated
     on_cpu = target.type == "cpu"
     # a resumed run builds the allocation its checkpoint was built with (an "auto" one is not recomputed)
-    allocated = saved_adapter(out / CHECKPOINT) if not overwrite else None
+    auto = bool(cfg.adapter_config().pending())  # only then is the checkpoint read here as well
+    allocated = saved_adapter(out / CHECKPOINT) if auto and not overwrite else None
     run = prepare(cfg, allocated=allocated)  # bad input fails here, before anything on disk changes
     t = cfg.train
 
