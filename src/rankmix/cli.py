@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -20,7 +21,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .recipes.train import train
 
     # a run folder's run.yaml names the run folder and its files relative to itself
-    cfg = load_run_config(args.config, args.set, paths_from_file=is_run_file(Path(args.config)))
+    # --init-from RUN is the recipe key init_from (JSON: a YAML string, whatever the path holds)
+    overrides = args.set + ([f"init_from={json.dumps(args.init_from)}"] if args.init_from else [])
+    cfg = load_run_config(args.config, overrides, paths_from_file=is_run_file(Path(args.config)))
     results = train(cfg, overwrite=args.overwrite, progress=not args.no_progress, device=args.device)
     if not PartialState().is_main_process:
         return
@@ -54,8 +57,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    import json
-
     from .files import write_text
     from .recipes.evaluate import check_mode
     from .recipes.outputs import check_file_out
@@ -210,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", cmd_train, "train one adapter set on all tasks of a recipe")
     p.add_argument("config", help="recipe YAML (see configs/)")
     p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
+    p.add_argument(
+        "--init-from",
+        metavar="RUN",
+        help="start from a trained run, grown to the recipe's tasks (recipe key grow: joint | frozen)",
+    )
     p.add_argument("--no-progress", action="store_true")
     device(p)
     p = add("eval", cmd_eval, "evaluate a trained adapter (or, given a recipe, its base model zero-shot)")

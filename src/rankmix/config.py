@@ -90,6 +90,11 @@ class AdapterConfig(abc.ABC):
         """True when experts or ranks vary by layer, so every adapted module needs a layer index."""
         return False
 
+    def group_configs(self) -> list[AdapterConfig]:
+        """The configs of the adapter's groups of tasks (TaskList): itself, where tasks were never added
+        with frozen growth."""
+        return [self]
+
     def pending(self) -> list[str]:
         """The fields still "auto": get_model allocates them before building (allocators.py)."""
         return [name for name in self.auto_fields if getattr(self, name) == AUTO]
@@ -189,12 +194,46 @@ class AutoAllocation:
             raise ValueError(f"auto_min ({self.auto_min}) is larger than auto_max ({self.auto_max})")
 
 
-def _check_tasks(tasks: list[str]) -> list[str]:
-    if isinstance(tasks, str) or not tasks or not all(isinstance(t, str) and t for t in tasks):
-        raise ValueError(f"tasks must be a non-empty list of task names, e.g. ['rte', 'mrpc'], got {tasks!r}")
-    if len(set(tasks)) != len(tasks):
-        raise ValueError(f"tasks must be distinct, got {tasks!r}")
-    return [check_name(t, "task name") for t in tasks]
+@dataclass
+class TaskList:
+    """The tasks of a task-routed method, in the order of their ids, and how adding tasks with frozen
+    growth split them (growth.py): `task_groups`, the number of tasks of each group in order; each group
+    has experts and a router of its own, and the first group's are the adapter's as first trained."""
+
+    tasks: list[str] = field(default_factory=list)
+    task_groups: list[int] | None = field(
+        default=None,
+        metadata={"help": "tasks per group of own experts, written by frozen growth (default: one group)"},
+    )
+
+    def _check_task_list(self) -> None:
+        tasks = self.tasks
+        if isinstance(tasks, str) or not tasks or not all(isinstance(t, str) and t for t in tasks):
+            raise ValueError(
+                f"tasks must be a non-empty list of task names, e.g. ['rte', 'mrpc'], got {tasks!r}"
+            )
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"tasks must be distinct, got {tasks!r}")
+        self.tasks = [check_name(t, "task name") for t in tasks]
+        groups = self.task_groups
+        if groups is not None:
+            if not groups or any(isinstance(n, bool) or not isinstance(n, int) or n <= 0 for n in groups):
+                raise ValueError(f"task_groups must be a list of positive task counts, got {groups!r}")
+            if sum(groups) != len(self.tasks):
+                raise ValueError(
+                    f"task_groups {groups} count {sum(groups)} tasks, and tasks lists {len(self.tasks)}"
+                )
+            self.task_groups = list(groups)
+
+    def group_configs(self) -> list[AdapterConfig]:
+        """One config per group of tasks, each with its own tasks only: what the group builds."""
+        if not self.task_groups or len(self.task_groups) == 1:
+            return [self]
+        starts = [sum(self.task_groups[:g]) for g in range(len(self.task_groups))]
+        return [
+            dataclasses.replace(self, tasks=self.tasks[start : start + n], task_groups=None)
+            for start, n in zip(starts, self.task_groups, strict=True)
+        ]
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -221,16 +260,15 @@ class LoRAConfig(AdapterConfig):
 
 
 @dataclass
-class MultiLoRAConfig(AdapterConfig):
+class MultiLoRAConfig(TaskList, AdapterConfig):
     """One LoRA per task, chosen by the task id."""
 
     method: ClassVar[str] = "multilora"
-    tasks: list[str] = field(default_factory=list)
     r: int = 8
 
     def validate(self) -> None:
         super().validate()
-        self.tasks = _check_tasks(self.tasks)
+        self._check_task_list()
         _check_positive("r", self.r)
 
     def expert_ranks(self, layer: int | None, n_layers: int) -> list[int]:
@@ -241,18 +279,17 @@ class MultiLoRAConfig(AdapterConfig):
 
 
 @dataclass
-class MoELoRAConfig(AdapterConfig):
+class MoELoRAConfig(TaskList, AdapterConfig):
     """E experts mixed by a soft gate over a learned task embedding (dense, task-deterministic)."""
 
     method: ClassVar[str] = "moelora"
-    tasks: list[str] = field(default_factory=list)
     experts: int = 8
     rank: int = 8
     task_embedding_dim: int = 64
 
     def validate(self) -> None:
         super().validate()
-        self.tasks = _check_tasks(self.tasks)
+        self._check_task_list()
         _check_positive("experts", self.experts)
         _check_positive("rank", self.rank)
         _check_positive("task_embedding_dim", self.task_embedding_dim)
@@ -366,12 +403,11 @@ class HiLoConfig(_TokenRoutedConfig):
 
 
 @dataclass
-class MoREConfig(AutoAllocation, AdapterConfig):
+class MoREConfig(AutoAllocation, TaskList, AdapterConfig):
     """MoRE: nested experts of ranks 1..max_rank, one chosen per task by a trained selector."""
 
     method: ClassVar[str] = "more"
     auto_fields: ClassVar[tuple[str, ...]] = ("max_rank",)
-    tasks: list[str] = field(default_factory=list)
     max_rank: int | list[int] | str = field(
         default=8,
         metadata={"help": "the largest rank: one for every layer, one per layer (a list), or 'auto'"},
@@ -425,7 +461,7 @@ class MoREConfig(AutoAllocation, AdapterConfig):
     def validate(self) -> None:
         super().validate()
         self._check_allocation()
-        self.tasks = _check_tasks(self.tasks)
+        self._check_task_list()
         if isinstance(self.max_rank, tuple):
             self.max_rank = list(self.max_rank)
         if isinstance(self.max_rank, list):

@@ -5,6 +5,7 @@ persistence.py and deploy.py; the model keeps thin methods for them (the public 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 from collections import defaultdict
@@ -18,7 +19,7 @@ from torch import nn
 from . import deploy, persistence, stats
 from .allocation import layer_index
 from .config import AdapterConfig, config_from_dict
-from .layers import AdaptedLinear, ExpertBank, RoutingContext
+from .layers import AdaptedLinear, ExpertBank, RoutingContext, TaskGroup
 from .layers.base import base_layer_kind, supported
 from .methods import method_of
 
@@ -93,6 +94,11 @@ def adapter_plan(model: nn.Module, config: AdapterConfig) -> dict[str, list[int]
     return plan
 
 
+def _added(layer: AdaptedLinear) -> dict[str, torch.Tensor]:
+    """What the adapter adds to an adapted layer (banks, routers, grown groups) by state-dict key."""
+    return {k: v for k, v in layer.state_dict(keep_vars=True).items() if not k.startswith("base_layer.")}
+
+
 def _drop_frozen_base(module: RankMixModel, state: dict, prefix: str, local_metadata: dict) -> None:
     own = module.own_state_keys()
     for key in [k for k in state if k.startswith(prefix) and k[len(prefix) :] not in own]:
@@ -129,13 +135,13 @@ class RankMixModel(nn.Module):
         self.method = method_of(config)
         self._context = RoutingContext()
         # every module's experts are decided before the model is touched, so a bad config changes nothing
-        plan = adapter_plan(model, config)
-        self.base_fingerprint = persistence.base_fingerprint(model, plan)
+        plans = [adapter_plan(model, group) for group in config.group_configs()]
+        self.base_fingerprint = persistence.base_fingerprint(model, plans[0])
         self._base_trainable = [p.requires_grad for p in model.parameters()]
         for p in model.parameters():
             p.requires_grad_(False)
-        for name, ranks in plan.items():
-            self._inject(name, ranks)
+        for name in plans[0]:
+            self._inject(name, [plan[name] for plan in plans])
         self.register_state_dict_post_hook(_drop_frozen_base)
         self.register_load_state_dict_post_hook(_allow_missing_frozen_base)
 
@@ -143,25 +149,34 @@ class RankMixModel(nn.Module):
         """The state-dict keys of what the adapter adds (banks, routers) and of any trainable parameter;
         the others are the frozen base model's."""
         own = {n for n, p in self.named_parameters() if p.requires_grad}
-        for name, m in self.adapted_modules():
-            for part in ("bank", "router"):
-                own |= {f"base_model.{name}.{part}.{k}" for k in getattr(m, part).state_dict(keep_vars=True)}
-        return own
+        return own | {f"base_model.{name}.{key}" for name, m in self.adapted_modules() for key in _added(m)}
 
-    def _inject(self, name: str, ranks: list[int]) -> None:
-        config = self.adapter_config
+    def _inject(self, name: str, ranks: list[list[int]]) -> None:
+        """Adapt module `name`: experts of `ranks[g]` and a router for each group g of tasks."""
         parent_name, _, attr = name.rpartition(".")
         parent = self.base_model.get_submodule(parent_name)
         base = getattr(parent, attr)
         d_in, d_out = linear_shape(base)
-        method = self.method
-        bank = ExpertBank(d_in, d_out, ranks, config.expert_scales(ranks), **method.bank_options(config))
-        router = method.make_router(config, d_in, len(ranks))
         weight = base.weight
         dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
-        bank.to(device=weight.device, dtype=dtype)
-        router.to(device=weight.device, dtype=dtype)
-        setattr(parent, attr, AdaptedLinear(base, bank, router, self._context))
+        configs = self.adapter_config.group_configs()
+        parts = []
+        for config, group_ranks in zip(configs, ranks, strict=True):
+            bank = ExpertBank(
+                d_in,
+                d_out,
+                group_ranks,
+                config.expert_scales(group_ranks),
+                **self.method.bank_options(config),
+            )
+            router = self.method.make_router(config, d_in, len(group_ranks))
+            parts.append([m.to(device=weight.device, dtype=dtype) for m in (bank, router)])
+        ends = list(itertools.accumulate(len(c.task_names) for c in configs))  # group g's end: g+1's start
+        grown = [
+            TaskGroup(bank, router, start, len(config.task_names))
+            for (bank, router), start, config in zip(parts[1:], ends[:-1], configs[1:], strict=True)
+        ]
+        setattr(parent, attr, AdaptedLinear(base, *parts[0], self._context, grown))
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -316,10 +331,9 @@ class RankMixModel(nn.Module):
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """Every saved adapter tensor (bank and router parameters, persistent buffers) by PEFT-style key."""
         return {
-            f"base_model.model.{name}.{part}.{key}": value
+            f"base_model.model.{name}.{key}": value
             for name, m in self.adapted_modules()
-            for part in ("bank", "router")
-            for key, value in getattr(m, part).state_dict(keep_vars=True).items()
+            for key, value in _added(m).items()
         }
 
     def adapter_parameters(self) -> dict[str, nn.Parameter]:

@@ -88,10 +88,11 @@ def _router_sizes(config: AdapterConfig, plan: list[_Module]) -> list[int]:
 def trainable_by_layer(model: nn.Module, config: AdapterConfig) -> dict[int | None, int]:
     """The trainable parameters (expert factors and routers) of each layer's adapted modules, by layer
     index: what an allocation under a budget adds up (allocators.py)."""
-    plan = _plan(model, config)
     counts: dict[int | None, int] = {}
-    for m, router in zip(plan, _router_sizes(config, plan), strict=True):
-        counts[m.layer] = counts.get(m.layer, 0) + m.components * (m.d_in + m.d_out) + router
+    for group in config.group_configs():
+        plan = _plan(model, group)
+        for m, router in zip(plan, _router_sizes(group, plan), strict=True):
+            counts[m.layer] = counts.get(m.layer, 0) + m.components * (m.d_in + m.d_out) + router
     return counts
 
 
@@ -101,12 +102,15 @@ def parameter_counts(model: nn.Module, config: AdapterConfig) -> dict[str, int]:
     so `model` may be a meta-device skeleton; it is left unchanged. Expert banks are counted from their
     shapes: ExpertBank takes ~75 us per expert to build even on meta (38 s for 2468 in every module of
     SmolLM2)."""
-    return _counts(model, config, _plan(model, config))
+    return _counts(model, config)
 
 
-def _counts(model: nn.Module, config: AdapterConfig, plan: list[_Module]) -> dict[str, int]:
-    adapter = sum(m.components * (m.d_in + m.d_out) for m in plan)
-    router = sum(_router_sizes(config, plan))
+def _counts(model: nn.Module, config: AdapterConfig) -> dict[str, int]:
+    adapter = router = 0
+    for group in config.group_configs():  # each group of tasks has its own experts and routers
+        plan = _plan(model, group)
+        adapter += sum(m.components * (m.d_in + m.d_out) for m in plan)
+        router += sum(_router_sizes(group, plan))
     base = sum(p.numel() for p in model.parameters())
     return {
         "trainable": adapter + router,
@@ -172,8 +176,8 @@ def estimate_size(
     under `mixed_precision`), per adapted module 3 x its rank components + 4 x its experts, and for a
     model with an LM head 3 x vocabulary size (these two in float32). Not counted: encoder task heads,
     other buffers."""
-    plan = _plan(model, config)
-    counts = _counts(model, config, plan)
+    plan = [m for group in config.group_configs() for m in _plan(model, group)]
+    counts = _counts(model, config)
     tokens = batch_size * max_length
     # the blocks are the modules where a layer index first appears in a name (encoder and decoder ones)
     blocks = sum(

@@ -53,8 +53,9 @@ def parameter_counts(model: RankMixModel) -> dict[str, int]:
     lora = router = 0
     active = 0.0
     for _, m in model.adapted_modules():
-        lora += sum(p.numel() for p in m.bank.parameters())
-        router += sum(p.numel() for p in m.router.parameters())
+        for bank, gate, _, _ in m.parts():
+            lora += sum(p.numel() for p in bank.parameters())
+            router += sum(p.numel() for p in gate.parameters())
         active += m.active_rank() * (m.bank.lora_A.shape[1] + m.bank.lora_B.shape[0])
     return {
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),

@@ -1,7 +1,7 @@
 """Pure-torch building blocks: expert banks, routers and the adapted linear layer."""
 
 from .experts import ExpertBank
-from .linear import AdaptedLinear, RoutingContext
+from .linear import AdaptedLinear, RoutingContext, TaskGroup
 from .routers import Router, SharedRouter, TaskRankSelector, TaskRouter, TokenRouter
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "Router",
     "RoutingContext",
     "SharedRouter",
+    "TaskGroup",
     "TaskRankSelector",
     "TaskRouter",
     "TokenRouter",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -44,12 +45,28 @@ class RoutingContext:
         return mask if mask is not None and tuple(mask.shape) == tuple(x.shape[:-1]) else None
 
 
+class TaskGroup(nn.Module):
+    """The experts and router of the tasks [start, start + n_tasks), added to a trained adapter with
+    frozen growth (growth.py): rows of those tasks go through them and through nothing else."""
+
+    def __init__(self, bank: ExpertBank, router: Router, start: int, n_tasks: int) -> None:
+        super().__init__()
+        self.bank, self.router = bank, router
+        self.start, self.n_tasks = start, n_tasks
+
+
 class AdaptedLinear(nn.Module):
     """`base_layer(x) + bank(x, router gates)`, over any kind of base layer that `BASE_LAYERS` knows (its
-    kind reads the layer's shape and merges into it)."""
+    kind reads the layer's shape and merges into it). `grown`: groups of tasks added later, each with its
+    own experts and router (`bank` and `router` then serve the tasks before the first group)."""
 
     def __init__(
-        self, base_layer: nn.Module, bank: ExpertBank, router: Router, context: RoutingContext
+        self,
+        base_layer: nn.Module,
+        bank: ExpertBank,
+        router: Router,
+        context: RoutingContext,
+        grown: Sequence[TaskGroup] = (),
     ) -> None:
         super().__init__()
         kind = base_layer_kind(base_layer)
@@ -61,6 +78,7 @@ class AdaptedLinear(nn.Module):
         self.base_layer = base_layer
         self.bank = bank
         self.router = router
+        self.grown = nn.ModuleList(grown)
         self.kind = kind
         self._context = context  # shared, not a submodule
 
@@ -78,21 +96,59 @@ class AdaptedLinear(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return getattr(self.base_layer, "bias", None)
 
+    def parts(self) -> list[tuple[ExpertBank, Router, int, int | None]]:
+        """(bank, router, first task, end task) of each group of tasks; the end of the last is None."""
+        if not self.grown:
+            return [(self.bank, self.router, 0, None)]
+        ends = [g.start for g in self.grown]
+        parts = [(self.bank, self.router, 0, ends[0])]
+        return parts + [(g.bank, g.router, g.start, g.start + g.n_tasks) for g in self.grown]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         xa = x.to(self.bank.lora_A.dtype)
+        token_mask = self._context.token_mask_for(x)
+        task_ids = self._context.task_ids_for(x)
+        if not self.grown:
+            return result + self._adapt(self.bank, self.router, xa, task_ids, token_mask).to(result.dtype)
+        delta = xa.new_zeros(*x.shape[:-1], self.bank.lora_B.shape[0])
+        for bank, router, start, end in self.parts():  # each row through its own group's experts
+            rows = ((task_ids >= start) & (task_ids < end)).nonzero().squeeze(-1)
+            if rows.numel():
+                mask = None if token_mask is None else token_mask[rows]
+                delta = delta.index_copy(
+                    0, rows, self._adapt(bank, router, xa[rows], task_ids[rows] - start, mask)
+                )
+        return result + delta.to(result.dtype)
+
+    def _adapt(
+        self,
+        bank: ExpertBank,
+        router: Router,
+        xa: torch.Tensor,
+        task_ids: torch.Tensor | None,
+        token_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         context = self._context
-        token_mask = context.token_mask_for(x)
-        gates, aux = self.router(xa, context.task_ids_for(x), token_mask)
+        gates, aux = router(xa, task_ids, token_mask)
         if context.active:  # gradient checkpointing recomputes this after the forward: count once
-            self.router.record(gates, token_mask)
+            router.record(gates, token_mask)
         if context.collect:
             context.aux.extend(aux.items())
-        return result + self.bank(xa, gates).to(result.dtype)
+        return bank(xa, gates)
+
+    def _part(self, task: int) -> tuple[ExpertBank, Router, int]:
+        """(bank, router, task id within its group) of `task`."""
+        return next(
+            (bank, router, task - start)
+            for bank, router, start, end in self.parts()
+            if start <= task and (end is None or task < end)
+        )
 
     def task_factors(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(A_t, B_t): the plain LoRA this layer computes for `task`, scaling folded into B_t."""
-        return self.bank.factors(self.router.task_gates(task))
+        bank, router, local = self._part(task)
+        return bank.factors(router.task_gates(local))
 
     def delta_weight(self, task: int) -> torch.Tensor:
         """The weight update for `task`, in the base layer's weight layout."""
@@ -101,4 +157,9 @@ class AdaptedLinear(nn.Module):
         return delta.t() if self.fan_in_fan_out else delta
 
     def active_rank(self) -> float:
-        return self.router.active_rank(self.bank.ranks)
+        """The rank one token uses (a mean over tasks where it varies, groups weighted by their tasks)."""
+        if not self.grown:
+            return self.router.active_rank(self.bank.ranks)
+        counts = [self.grown[0].start] + [g.n_tasks for g in self.grown]
+        ranks = [router.active_rank(bank.ranks) for bank, router, _, _ in self.parts()]
+        return sum(r * n for r, n in zip(ranks, counts, strict=True)) / sum(counts)

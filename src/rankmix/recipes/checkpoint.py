@@ -29,6 +29,8 @@ def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
 RESUME_KEYS = (
     "model",
     "model_quantization",
+    "init_from",
+    "grow",
     "tasks",
     "method",
     "data_dir",
@@ -56,7 +58,7 @@ RESUME_KEYS = (
 
 
 # Options added to RESUME_KEYS after checkpoints were written without them, with the value they had then
-ADDED_KEYS = {"model_quantization": "none"}
+ADDED_KEYS = {"model_quantization": "none", "init_from": None, "grow": "joint"}
 
 
 def resume_key(cfg: RunConfig) -> dict[str, Any]:

@@ -52,6 +52,7 @@ class Run:
     adapted: RankMixModel
     tokenizer: Any
     family: ModelFamily
+    frozen_tasks: int = 0  # the leading tasks that do not train (a frozen growth's old ones: grow.py)
 
     @property
     def heads(self) -> nn.ModuleList | None:
@@ -238,9 +239,8 @@ def load_adapter(run: Run, folder: Path) -> None:
             ) from None
 
 
-def open_run(folder: str | Path, overrides: list[str], splits: tuple[str, ...] = ()) -> tuple[Run, Path]:
-    """Rebuild the run a run folder (its best adapter) or an adapter folder came from, adapter loaded;
-    returns the run and the adapter folder."""
+def adapter_folder(folder: str | Path) -> Path:
+    """The adapter folder of a run folder (its best adapter), or `folder` itself if it is one."""
     path = Path(folder)
     if (path / ADAPTER_DIR).is_dir():
         path = path / ADAPTER_DIR
@@ -254,6 +254,13 @@ def open_run(folder: str | Path, overrides: list[str], splits: tuple[str, ...] =
         raise FileNotFoundError(
             f"{path} holds no {RUN_CONFIG}: pass a run folder or its {ADAPTER_DIR}/ folder"
         )
+    return path
+
+
+def open_run(folder: str | Path, overrides: list[str], splits: tuple[str, ...] = ()) -> tuple[Run, Path]:
+    """Rebuild the run a run folder (its best adapter) or an adapter folder came from, adapter loaded;
+    returns the run and the adapter folder."""
+    path = adapter_folder(folder)
     cfg = load_run_config(path / RUN_CONFIG, overrides, paths_from_file=True)
     cfg.method = read_adapter_config(path)["adapter"]  # complete, unlike a recipe that relied on defaults
     if cfg.task_kinds is None:  # trained before task kinds

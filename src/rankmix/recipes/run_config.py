@@ -10,6 +10,7 @@ from typing import Any
 
 from ..config import AdapterConfig, check_keys, config_from_dict
 from ..files import read_utf8, read_yaml, write_yaml
+from ..growth import GROW_MODES
 from ..methods import method_named
 
 SAMPLINGS = ("size_softmax", "temperature", "proportional", "uniform")
@@ -114,7 +115,12 @@ class TrainConfig:
 
 
 QUANTIZATIONS = ("none", "nf4", "int8")
-PATH_KEYS = ("output_dir", "model", "data_dir")  # a local path each, or (model) a name or a hub id
+PATH_KEYS = (
+    "output_dir",
+    "model",
+    "data_dir",
+    "init_from",
+)  # a local path each, or (model) a name or a hub id
 
 
 def _absolute(value: str, base: Path) -> str:
@@ -153,6 +159,17 @@ class RunConfig:
             "label-word ones, <task>_labels)"
         },
     )
+    init_from: str | None = field(
+        default=None,
+        metadata={"help": "a trained run folder to start from, grown to this recipe's tasks (--init-from)"},
+    )
+    grow: str = field(
+        default="joint",
+        metadata={
+            "help": "with init_from: joint (old and new tasks train on together) or frozen (the old tasks' "
+            "outputs stay bit for bit; the new ones train parameters of their own)"
+        },
+    )
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -170,6 +187,10 @@ class RunConfig:
             raise ValueError(
                 f"model_quantization must be one of {QUANTIZATIONS}, got {self.model_quantization!r}"
             )
+        if self.grow not in GROW_MODES:
+            raise ValueError(f"grow must be one of {GROW_MODES}, got {self.grow!r}")
+        if self.grow == "frozen" and self.init_from is None:
+            raise ValueError("grow: frozen adds tasks to a trained run: name it with --init-from RUN")
         if self.eval_mode not in ("score", "generate"):
             raise ValueError(f"eval_mode must be 'score' or 'generate', got {self.eval_mode!r}")
         if not isinstance(self.method, dict) or "method" not in self.method:
@@ -212,7 +233,7 @@ class RunConfig:
 
         data = self.to_dict()
         data["output_dir"] = portable(self.output_dir)
-        for key in ("model", "data_dir"):
+        for key in ("model", "data_dir", "init_from"):
             if data[key] is not None and Path(data[key]).is_absolute():
                 data[key] = portable(data[key])
         data["custom_tasks"] = [portable(p) if Path(p).is_absolute() else p for p in self.custom_tasks]

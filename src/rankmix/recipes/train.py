@@ -30,6 +30,7 @@ from .checkpoint import (
     saved_adapter,
 )
 from .evaluate import average
+from .grow import apply_growth, plan_growth
 from .run import (
     Run,
     best_summary,
@@ -163,22 +164,31 @@ def param_groups(run: Run) -> list[dict]:
     adapter = [p for p in run.adapted.parameters() if p.requires_grad]
     groups = [{"params": adapter}]
     if t.router_lr is not None:
-        routers = {id(p) for _, m in run.adapted.adapted_modules() for p in m.router.parameters()}
+        routers = {
+            id(p)
+            for _, m in run.adapted.adapted_modules()
+            for _, router, _, _ in m.parts()
+            for p in router.parameters()
+        }
         groups = [
             {"params": [p for p in adapter if id(p) not in routers]},
             {"params": [p for p in adapter if id(p) in routers], "lr": t.router_lr},
         ]
     if run.heads is not None:
-        groups.append({"params": list(run.heads.parameters()), "lr": t.head_lr or t.lr})
-    return groups
+        groups.append(
+            {"params": [p for p in run.heads.parameters() if p.requires_grad], "lr": t.head_lr or t.lr}
+        )
+    return [g for g in groups if g["params"]]  # frozen growth leaves some groups empty
 
 
 def tokenised(run: Run) -> list[list[Features]]:
-    """Every training example of every task as the model's features, computed once before training."""
+    """Every training example of every task that trains as the model's features, computed once before
+    training (a frozen growth's old tasks do not train)."""
     t = run.config.train
     return [
         [compact(run.family.features(run.tokenizer, i, task, e, t.max_length)) for e in examples]
         for i, (task, examples) in enumerate(zip(run.tasks, run.train_sets, strict=True))
+        if i >= run.frozen_tasks
     ]
 
 
@@ -213,6 +223,7 @@ def train(
     cfg.resolve_paths(Path.cwd())  # the run folder then works from any working directory
     out = Path(cfg.output_dir)
     check_output_dir(out, overwrite)
+    growth = plan_growth(cfg) if cfg.init_from else None  # cfg.method becomes the grown adapter's
     target = resolve_device(device)
     check_run_size(cfg, target)  # in seconds, before anything is allocated
     on_cpu = target.type == "cpu"
@@ -220,6 +231,8 @@ def train(
     auto = bool(cfg.adapter_config().pending())  # only then is the checkpoint read here as well
     allocated = saved_adapter(out / CHECKPOINT) if auto and not overwrite else None
     run = prepare(cfg, allocated=allocated)  # bad input fails here, before anything on disk changes
+    if growth is not None:
+        apply_growth(run, growth)
     t = cfg.train
 
     # broadcast_buffers=False: every process loads the same base, and the routers' load counters are
@@ -316,12 +329,12 @@ class Training:
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, t.warmup_steps, t.steps)
 
     def _setup_data(self) -> None:
-        """The task sampler (this process's share of each global batch) and every training example's
-        features, tokenised once."""
+        """The task sampler (this process's share of each global batch) over the tasks that train, and
+        their training examples' features, tokenised once."""
         t, acc = self.config.train, self.accelerator
         self.sampler = ConsumedBatches(
             TaskSampler(
-                [len(s) for s in self.run.train_sets],
+                [len(s) for s in self.run.train_sets[self.run.frozen_tasks :]],
                 t.batch_size,
                 t.sampling,
                 t.temperature,
