@@ -42,6 +42,7 @@ class Variant:
     recipe: str  # a file under configs/
     overrides: tuple[str, ...] = ()
     seeds: tuple[int, ...] | None = None  # None: the suite's seeds
+    init_from: str | None = None  # a variant of the suite whose run (same seed) this one grows
 
     @property
     def zero_shot(self) -> bool:
@@ -237,7 +238,32 @@ GLUE_ALLOCATION = (
     _glue("lora", "lora-r25", "method.r=25", "method.alpha=50"),
     _glue("more", "more-auto-spectral", "method.max_rank=auto", "method.budget=643104"),
 )
+# Adding tasks (README: "Adding tasks to a trained run"): MoRE trained on five GLUE-CPU tasks, then rte and
+# stsb added in 300 more steps, joint or frozen; glue/more trained all seven from the start
+OLD_FIVE = "tasks=[cola,sst2,mrpc,qnli,qqp]"
+SEVEN = "tasks=[cola,sst2,mrpc,qnli,qqp,rte,stsb]"
+GROW_STEPS = ("train.steps=300", "train.eval_every=300", "train.warmup_steps=30")
+GLUE_GROWTH = (
+    _glue("more", "more-5tasks", OLD_FIVE),
+    *(
+        Variant(
+            f"more-add2-{mode}",
+            "configs/glue-minilm-more.yaml",
+            (SEVEN, *GROW_STEPS, f"grow={mode}"),
+            None,
+            "more-5tasks",
+        )
+        for mode in ("joint", "frozen")
+    ),
+)
 SUITES = {
+    "glue-growth": Suite(
+        GLUE_GROWTH,
+        seeds=(0, 1, 2),
+        baseline="glue/more",
+        headline_tasks=GLUE_HEADLINE,
+        references=("glue/more",),
+    ),
     "glue-allocation": Suite(
         GLUE_ALLOCATION,
         seeds=(0, 1, 2),
@@ -339,6 +365,8 @@ def run_one(suite: str, variant: Variant, seed: int, data_dir: str, out_dir: Pat
         args = ["eval", variant.recipe, "--no-progress", "--force", "--out", str(run_dir / "results.json")]
     else:  # no --overwrite: a run folder left by an interrupted attempt resumes from its checkpoint
         args = ["train", variant.recipe, "--no-progress", "--set", f"output_dir={run_dir}"]
+        if variant.init_from:
+            args += ["--init-from", str(runs_dir / suite / f"{variant.init_from}-s{seed}")]
         overrides += (f"train.checkpoint_every={CHECKPOINT_EVERY}",)
     args += [a for o in overrides for a in ("--set", o)]
     command = "rankmix " + " ".join(args)
