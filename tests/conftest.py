@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from glue_fixture import write_glue_fixture
-from helpers import ARCHS, VOCAB, build_base
+from helpers import ARCHS, SMALL_RUN_TASKS, VOCAB, build_base
 from rankmix.layers import TaskRankSelector, TaskRouter, TokenRouter
 
 # The models here are tiny: intra-op threading only adds synchronisation cost (ms per op on small CPUs).
@@ -85,3 +85,28 @@ def glue_data(tmp_path_factory) -> Path:
     """A data_dir of small generated GLUE tasks (tests/glue_fixture.py) in the published layout: the
     end-to-end tests train on it, so that they run on any clone, without the benchmark data."""
     return write_glue_fixture(tmp_path_factory.mktemp("glue-data"))
+
+
+@pytest.fixture(scope="session")
+def small_runs(glue_data, tmp_path_factory):
+    """get(family, method=None, name=None) -> (recipe dict, run folder): a few-step run of `method`
+    (default MoRE) on SMALL_RUN_TASKS with a tiny model of `family`, trained on first use and shared by
+    the tests that start from a trained run."""
+    from test_cli import _corpus, _tokenizer, ok, recipe_dict, save_tiny_models, write_recipe
+
+    root, done = tmp_path_factory.mktemp("small-runs"), {}
+    corpus = _corpus(glue_data)
+    text_tok, enc_tok = _tokenizer(corpus, encoder=False), _tokenizer(corpus, encoder=True)
+    model_dirs = save_tiny_models(root / "models", text_tok, enc_tok)
+
+    def get(family: str, method: dict | None = None, name: str | None = None) -> tuple[dict, Path]:
+        name = name or family
+        if name not in done:
+            data = recipe_dict(
+                model_dirs[family], root / name, glue_data, tasks=SMALL_RUN_TASKS, method=method
+            )
+            ok("train", write_recipe(root / f"{name}.yaml", data), "--no-progress")
+            done[name] = (data, root / name)
+        return done[name]
+
+    return get

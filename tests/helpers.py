@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 ARCHS = ("llama", "bert", "t5", "gpt2")
+SMALL_RUN_TASKS = ["rte", "stsb"]  # the tasks of the `small_runs` fixture (conftest.py)
 VOCAB = 100
 
 # Special tokens in vocabulary order (ids 0, 1, ...) and the role each plays for PreTrainedTokenizerFast.

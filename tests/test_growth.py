@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from helpers import SMALL_RUN_TASKS
 from rankmix import (
     HiLoConfig,
     LoRAConfig,
@@ -20,7 +21,7 @@ from rankmix import (
     get_model,
 )
 from rankmix.growth import grown_config, load_grown
-from test_cli import _corpus, _tokenizer, fails, ok, recipe_dict, save_tiny_models, write_recipe
+from test_cli import copy_run, fails, ok, write_recipe
 
 OLD, NEW = ["rte", "mrpc"], ["cola", "sst2"]
 TASK_ROUTED = ("more", "multilora", "moelora")
@@ -183,26 +184,7 @@ def test_config_task_groups_are_checked():
 
 
 # -- `rankmix train RECIPE --init-from RUN` --------------------------------------------------------------
-OLD_RUN_TASKS, ADDED = ["rte", "stsb"], ["cola"]
-
-
-@pytest.fixture(scope="module")
-def trained_runs(glue_data, tmp_path_factory):
-    """{name: (recipe dict, run folder)} of small runs on OLD_RUN_TASKS, trained on first use."""
-    root, done = tmp_path_factory.mktemp("grow"), {}
-    corpus = _corpus(glue_data)
-    text_tok, enc_tok = _tokenizer(corpus, encoder=False), _tokenizer(corpus, encoder=True)
-    model_dirs = save_tiny_models(root / "models", text_tok, enc_tok)
-
-    def get(family: str, method: dict | None = None, name: str | None = None):
-        name = name or family
-        if name not in done:
-            data = recipe_dict(model_dirs[family], root / name, glue_data, tasks=OLD_RUN_TASKS, method=method)
-            ok("train", write_recipe(root / f"{name}.yaml", data), "--no-progress")
-            done[name] = (data, root / name)
-        return done[name]
-
-    return get
+OLD_RUN_TASKS, ADDED = SMALL_RUN_TASKS, ["cola"]
 
 
 def grow_recipe(tmp_path, data: dict, name: str, tasks=OLD_RUN_TASKS + ADDED, **changes):
@@ -221,11 +203,11 @@ def tensors_of(run):
 
 
 @pytest.mark.parametrize("family", ["decoder", "encoder"])
-def test_frozen_growth_run_keeps_old_tasks(trained_runs, tmp_path, family):
+def test_frozen_growth_run_keeps_old_tasks(small_runs, tmp_path, family):
     """MoRE on a decoder (groups of experts) and on an encoder (groups and heads): the old tasks score
     what the run scored, their weights and heads are the file's, and the new task trains."""
 
-    data, run = trained_runs(family)
+    data, run = small_runs(family)
     recipe, out = grow_recipe(tmp_path, data, "frozen", grow="frozen")
     ok("train", recipe, "--init-from", run, "--no-progress")
     results = json.loads((out / "results.json").read_text())
@@ -248,9 +230,9 @@ def test_frozen_growth_run_keeps_old_tasks(trained_runs, tmp_path, family):
         )
 
 
-def test_joint_growth_run_trains_everything(trained_runs, tmp_path):
+def test_joint_growth_run_trains_everything(small_runs, tmp_path):
 
-    data, run = trained_runs("decoder")
+    data, run = small_runs("decoder")
     recipe, out = grow_recipe(tmp_path, data, "joint")
     ok("train", recipe, "--init-from", run, "--no-progress")
     grown, trained = tensors_of(out), tensors_of(run)
@@ -260,8 +242,8 @@ def test_joint_growth_run_trains_everything(trained_runs, tmp_path):
     assert grown[table].shape[0] == 3 and trained[table].shape[0] == 2
 
 
-def test_frozen_growth_of_a_task_free_encoder_trains_the_new_head_only(trained_runs, tmp_path):
-    data, run = trained_runs("encoder", {"method": "lora", "r": 2}, "encoder-lora")
+def test_frozen_growth_of_a_task_free_encoder_trains_the_new_head_only(small_runs, tmp_path):
+    data, run = small_runs("encoder", {"method": "lora", "r": 2}, "encoder-lora")
     recipe, out = grow_recipe(tmp_path, data, "frozen", grow="frozen")
     ok("train", recipe, "--init-from", run, "--no-progress")
     assert all(torch.equal(tensors_of(out)[k], v) for k, v in tensors_of(run).items())
@@ -272,9 +254,9 @@ def test_frozen_growth_of_a_task_free_encoder_trains_the_new_head_only(trained_r
         assert json.loads((out / "results.json").read_text())["tasks"][task] == old_scores(run)[task]
 
 
-def test_growth_refusals_come_before_training(trained_runs, tmp_path, capsys):
+def test_growth_refusals_come_before_training(small_runs, tmp_path, capsys):
 
-    data, run = trained_runs("decoder")
+    data, run = small_runs("decoder")
 
     def refused(name: str, *extra, **changes) -> str:
         recipe, out = grow_recipe(tmp_path, data, name, **changes)
@@ -294,6 +276,32 @@ def test_growth_refusals_come_before_training(trained_runs, tmp_path, capsys):
     assert "output_dir is the run --init-from reads" in fails(capsys, "train", recipe, "--init-from", run)
     recipe, _ = grow_recipe(tmp_path, data, "no-init", grow="frozen")
     assert "--init-from RUN" in fails(capsys, "train", recipe)
-    lora, lora_run = trained_runs("decoder", {"method": "lora", "r": 2}, "decoder-lora")
+    lora, lora_run = small_runs("decoder", {"method": "lora", "r": 2}, "decoder-lora")
     recipe, _ = grow_recipe(tmp_path, lora, "lora-frozen", grow="frozen")
     assert "nothing to train" in fails(capsys, "train", recipe, "--init-from", lora_run)
+
+
+def test_a_grown_run_resumes_only_over_the_adapter_it_grew_from(small_runs, tmp_path, capsys):
+    """Its frozen part is read from --init-from again at each start: a changed source is refused."""
+    data, trained_run = small_runs("decoder")
+    source = copy_run(trained_run, tmp_path / "source")
+    recipe, out = grow_recipe(tmp_path, data, "grown", grow="frozen")
+    ok("train", recipe, "--init-from", source, "--no-progress")
+    inspected = ok("inspect", recipe, "--init-from", source)  # the grown adapter, before training
+    counts = json.loads((out / "results.json").read_text())["parameters"]
+    assert f"'trainable': {counts['trainable']}," in inspected
+    weights = source / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    key = next(iter(tensors))
+    save_file({**tensors, key: tensors[key] + 1}, weights)
+    err = fails(capsys, "train", recipe, "--init-from", source, "--set", "train.steps=6")
+    assert "grown_from" in err and "another configuration" in err
+
+
+def test_an_encoder_run_without_its_heads_file_is_refused(small_runs, tmp_path, capsys):
+    data, trained_run = small_runs("encoder")
+    source = copy_run(trained_run, tmp_path / "source")
+    (source / "adapter" / "heads.safetensors").unlink()
+    recipe, out = grow_recipe(tmp_path, data, "grown")
+    assert "holds no heads.safetensors" in fails(capsys, "train", recipe, "--init-from", source)
+    assert not out.exists()

@@ -21,9 +21,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .recipes.train import train
 
     # a run folder's run.yaml names the run folder and its files relative to itself
-    # --init-from RUN is the recipe key init_from (JSON: a YAML string, whatever the path holds)
-    overrides = args.set + ([f"init_from={json.dumps(args.init_from)}"] if args.init_from else [])
-    cfg = load_run_config(args.config, overrides, paths_from_file=is_run_file(Path(args.config)))
+    cfg = load_run_config(
+        args.config, init_from_override(args), paths_from_file=is_run_file(Path(args.config))
+    )
     results = train(cfg, overwrite=args.overwrite, progress=not args.no_progress, device=args.device)
     if not PartialState().is_main_process:
         return
@@ -34,23 +34,42 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"adapter, results.json, metrics.jsonl and tb/ in {cfg.output_dir}")
 
 
+def init_from_override(args: argparse.Namespace) -> list[str]:
+    """The --set overrides, with --init-from RUN as the recipe key init_from (in JSON: a YAML string,
+    whatever the path holds)."""
+    return args.set + ([f"init_from={json.dumps(args.init_from)}"] if args.init_from else [])
+
+
+def init_from_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--init-from",
+        metavar="RUN",
+        help="start from a trained run, grown to the recipe's tasks (recipe key grow: joint | frozen)",
+    )
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from .files import write_json
     from .recipes.evaluate import check_mode, format_table
     from .recipes.outputs import check_file_out
     from .recipes.run import evaluate_run, open_run, resolve_device, zero_shot_run
     from .recipes.run_folder import is_run_file
+    from .recipes.task_free import task_inferrer
 
     device = resolve_device(args.device)
     if args.out:
         check_file_out(args.out, [args.adapter], args.force)
     path = Path(args.adapter)
     if path.is_file() and not is_run_file(path):  # a recipe: its base model, zero-shot
+        if args.task_free:
+            raise ValueError("--task-free evaluates a trained run: pass its folder, not a recipe")
         run = zero_shot_run(path, args.set)
     else:  # a run folder, its adapter folder, or the run.yaml of either
         run, _ = open_run(path.parent if path.is_file() else path, args.set, splits=("dev",))
     check_mode(run.tasks, args.mode)
-    results = evaluate_run(run, run.model.to(device), mode=args.mode, progress=not args.no_progress)
+    model = run.model.to(device)
+    infer = task_inferrer(run) if args.task_free else None
+    results = evaluate_run(run, model, mode=args.mode, progress=not args.no_progress, infer=infer)
     print(format_table(results))
     if args.out:
         write_json(args.out, results)
@@ -60,8 +79,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .files import write_text
     from .recipes.evaluate import check_mode
     from .recipes.outputs import check_file_out
-    from .recipes.predict import predict_records, read_rows, text_example
+    from .recipes.predict import predict_inferred, predict_records, read_rows, text_example
     from .recipes.run import check_task, open_run, resolve_device
+    from .recipes.task_free import task_inferrer
 
     if (args.input is None) == (args.text is None):
         raise ValueError("pass either --input FILE.jsonl or --text TEXT")
@@ -70,13 +90,19 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.out:
         check_file_out(args.out, [args.adapter, *([args.input] if args.input else [])], args.force)
     device = resolve_device(args.device)
-    run, _ = open_run(args.adapter, args.set)
-    task = check_task(run, args.task, with_head=True)
-    check_mode([task], args.mode)
-    examples = read_rows(Path(args.input), task) if args.input else [text_example(task, args.text)]
-    run.model.to(device)
-    mode = args.mode or run.config.eval_mode
-    records = predict_records(run, args.task, examples, mode, args.batch_size)
+    if args.task == "auto":  # each row's task inferred
+        run, _ = open_run(args.adapter, args.set)
+        examples = read_rows(Path(args.input), None) if args.input else [text_example(None, args.text)]
+        run.model.to(device)
+        records = predict_inferred(run, task_inferrer(run), examples, args.mode, args.batch_size)
+    else:
+        run, _ = open_run(args.adapter, args.set)
+        task = check_task(run, args.task, with_head=True)
+        check_mode([task], args.mode)
+        examples = read_rows(Path(args.input), task) if args.input else [text_example(task, args.text)]
+        run.model.to(device)
+        mode = args.mode or run.config.eval_mode
+        records = predict_records(run, args.task, examples, mode, args.batch_size)
     lines = "".join(json.dumps(r) + "\n" for r in records)
     if args.out:
         write_text(args.out, lines)
@@ -111,6 +137,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
+    from .recipes.grow import apply_growth, plan_growth
     from .recipes.run import (
         allocation_by_layer,
         open_run,
@@ -127,9 +154,12 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         run, _ = open_run(args.target, args.set)
         adapted, heads, tasks = run.adapted, run.heads, [t.name for t in run.tasks]
     else:
-        cfg = load_run_config(path, args.set)
+        cfg = load_run_config(path, init_from_override(args))
+        growth = plan_growth(cfg) if cfg.init_from else None  # the adapter as --init-from grows it
         size = check_run_size(cfg, resolve_device("auto"))  # before building what cannot fit
         run = prepare(cfg, splits=())  # no data, but what the probe allocator trains on
+        if growth is not None:
+            apply_growth(run, growth)
         adapted, heads, tasks = run.adapted, run.heads, cfg.tasks
     print(f"method: {adapted.adapter_config.method}   tasks: {tasks}")
     print("parameters:", parameters(adapted, heads))
@@ -211,11 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", cmd_train, "train one adapter set on all tasks of a recipe")
     p.add_argument("config", help="recipe YAML (see configs/)")
     p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
-    p.add_argument(
-        "--init-from",
-        metavar="RUN",
-        help="start from a trained run, grown to the recipe's tasks (recipe key grow: joint | frozen)",
-    )
+    init_from_option(p)
     p.add_argument("--no-progress", action="store_true")
     device(p)
     p = add("eval", cmd_eval, "evaluate a trained adapter (or, given a recipe, its base model zero-shot)")
@@ -223,13 +249,21 @@ def build_parser() -> argparse.ArgumentParser:
         "adapter", help="a run folder or its adapter/ folder; or a recipe YAML: its base model, untouched"
     )
     p.add_argument("--mode", choices=["score", "generate"])
+    p.add_argument(
+        "--task-free",
+        action="store_true",
+        help="route each row by the task inferred from its texts (task-routed methods); adds each task's "
+        "task_accuracy",
+    )
     p.add_argument("--out", help="write the results to this JSON file (a new one, unless --force)")
     p.add_argument("--no-progress", action="store_true")
     force(p)
     device(p)
     p = add("predict", cmd_predict, "predict one task's labels (or text) for new inputs, as JSON lines")
     p.add_argument("adapter", help="a run folder or its adapter/ folder")
-    p.add_argument("--task", required=True, help="the task to predict")
+    p.add_argument(
+        "--task", required=True, help="the task to predict, or auto: each row's, inferred from its texts"
+    )
     p.add_argument("--input", help="a JSON-lines file, one row per input with the task's text fields")
     p.add_argument("--text", help="one input text (for a task that takes one text)")
     p.add_argument("--out", help="write the JSON lines to this file (a new one, unless --force), not stdout")
@@ -248,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-tasks", action="store_true", help="one adapter per task, in OUT/<task>/")
     p = add("inspect", cmd_inspect, "parameter counts, per-layer allocation, selected ranks")
     p.add_argument("target", help="a recipe YAML or an adapter/run folder")
+    init_from_option(p)
     p = add(
         "plot", cmd_plot, "PNG plots: allocation, selected ranks (task routing), expert load (token routing)"
     )

@@ -225,6 +225,12 @@ class TaskList:
                 )
             self.task_groups = list(groups)
 
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        if data["task_groups"] is None:  # the adapters of releases before task groups read the file
+            del data["task_groups"]
+        return data
+
     def group_configs(self) -> list[AdapterConfig]:
         """One config per group of tasks, each with its own tasks only: what the group builds."""
         if not self.task_groups or len(self.task_groups) == 1:

@@ -114,9 +114,11 @@ class ModelFamily(abc.ABC):
         task_ids: torch.Tensor,
         examples: Sequence[Example],
         max_length: int,
+        route_ids: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Per example of one batch, the model's scores of its candidates: its head's outputs (encoder),
-        or the summed log-likelihood of each option its task's kind offers (decoder, seq2seq)."""
+        or the summed log-likelihood of each option its task's kind offers (decoder, seq2seq). The adapter
+        routes each example by `route_ids` where given (the tasks inferred, task-free), else `task_ids`."""
 
     @abc.abstractmethod
     def read(self, task: Task, example: Example, scores: torch.Tensor) -> Prediction:
@@ -131,9 +133,11 @@ class ModelFamily(abc.ABC):
         examples: Sequence[Example],
         max_length: int,
         mode: str,
+        route_ids: torch.Tensor | None = None,
     ) -> list[Prediction]:
-        """One prediction per example of one batch (kinds.py says what a prediction is)."""
-        values = self.scores(model, tokenizer, task, task_ids, examples, max_length)
+        """One prediction per example of one batch (kinds.py says what a prediction is); `route_ids`: as
+        in `scores`."""
+        values = self.scores(model, tokenizer, task, task_ids, examples, max_length, route_ids)
         return [self.read(task, e, v) for e, v in zip(examples, values, strict=True)]
 
 
@@ -187,10 +191,10 @@ class EncoderFamily(ModelFamily):
         enc = self.tokens(tokenizer, task, example, max_length)
         return enc | {"labels": float(example.label), "task_ids": task_index}
 
-    def scores(self, model, tokenizer, task, task_ids, examples, max_length):
+    def scores(self, model, tokenizer, task, task_ids, examples, max_length, route_ids=None):
         rows = [self.tokens(tokenizer, task, e, max_length) for e in examples]
         enc = {k: v.to(task_ids.device) for k, v in pad_features(rows, pad_id(tokenizer)).items()}
-        logits = model(**enc, task_ids=task_ids).logits.float()
+        logits = model(**enc, task_ids=task_ids, route_ids=route_ids).logits.float()
         return [row[row > float("-inf")] for row in logits]  # the widest head pads the others with -inf
 
     def read(self, task, example, scores):
@@ -210,13 +214,15 @@ class GenerativeFamily(ModelFamily):
         enc = self.encode_one(tokenizer, target.context, target.text, task.kind.ends_with_eos, max_length)
         return enc | {"task_ids": task_index}
 
-    def predict(self, model, tokenizer, task, task_ids, examples, max_length, mode):
+    def predict(self, model, tokenizer, task, task_ids, examples, max_length, mode, route_ids=None):
         if mode == "generate" or task.kind.generates:
-            texts = self.generate(model, tokenizer, task, task_ids, examples, max_length)
+            routes = task_ids if route_ids is None else route_ids
+            texts = self.generate(model, tokenizer, task, routes, examples, max_length)
             return [task.kind.parse(task, e, text) for e, text in zip(examples, texts, strict=True)]
-        return super().predict(model, tokenizer, task, task_ids, examples, max_length, mode)
+        return super().predict(model, tokenizer, task, task_ids, examples, max_length, mode, route_ids)
 
-    def scores(self, model, tokenizer, task, task_ids, examples, max_length):
+    def scores(self, model, tokenizer, task, task_ids, examples, max_length, route_ids=None):
+        task_ids = task_ids if route_ids is None else route_ids  # the ids only route: no heads here
         options = [task.kind.options(task, e) for e in examples]
         eos = task.kind.ends_with_eos
         index: dict[tuple[int, str], int] = {}  # each example's distinct contexts, run once each

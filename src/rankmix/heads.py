@@ -34,10 +34,12 @@ class MultiTaskHeads(nn.Module):
         task_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         choices: torch.Tensor | None = None,
+        route_ids: torch.Tensor | None = None,
         **inputs,
     ) -> ModelOutput:
-        """Logits per example for its task's head (and the loss, given labels). The inputs are named so
-        that transformers' Trainer keeps those dataset columns."""
+        """Logits per example for its task's head (and the loss, given labels); the body routes each
+        example by `route_ids` where given (task-free evaluation: the inferred tasks), else by its task.
+        The inputs are named so that transformers' Trainer keeps those dataset columns."""
         if task_ids is None or attention_mask is None:
             raise ValueError("pass task_ids and attention_mask: each example goes to its task's head")
         examples = task_ids.shape[0]
@@ -47,7 +49,8 @@ class MultiTaskHeads(nn.Module):
         row_tasks = task_ids[owner]
         body_inputs = {"input_ids": input_ids, "token_type_ids": token_type_ids} | inputs
         body_inputs = {k: v for k, v in body_inputs.items() if v is not None}
-        out = self.body(**body_inputs, attention_mask=attention_mask, task_ids=row_tasks)
+        routes = row_tasks if route_ids is None else route_ids[owner]
+        out = self.body(**body_inputs, attention_mask=attention_mask, task_ids=routes)
         hidden = out.last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)

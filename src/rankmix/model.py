@@ -9,21 +9,21 @@ import itertools
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import deploy, persistence, stats
+from . import deploy, persistence, stats, task_inference
 from .allocation import layer_index
 from .config import AdapterConfig, config_from_dict
 from .layers import AdaptedLinear, ExpertBank, RoutingContext, TaskGroup
 from .layers.base import base_layer_kind, supported
 from .methods import method_of
 
-TaskIds = torch.Tensor | Sequence[int] | Sequence[str] | None
+TaskIds = torch.Tensor | Sequence[int] | Sequence[str] | str | None  # str: "auto", inferred
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
@@ -134,6 +134,7 @@ class RankMixModel(nn.Module):
         self.adapter_config = config
         self.method = method_of(config)
         self._context = RoutingContext()
+        self.task_prototypes: dict[str, torch.Tensor] | None = None  # fit_task_prototypes (not saved)
         # every module's experts are decided before the model is touched, so a bad config changes nothing
         plans = [adapter_plan(model, group) for group in config.group_configs()]
         self.base_fingerprint = persistence.base_fingerprint(model, plans[0])
@@ -279,6 +280,8 @@ class RankMixModel(nn.Module):
             "decoder_attention_mask": decoder_attention_mask,
         }
         kwargs.update({k: v for k, v in named.items() if v is not None})
+        if isinstance(task_ids, str):
+            task_ids = self._auto_task_ids(task_ids, {k: v for k, v in named.items() if k != "labels"})
         if self.training and torch.is_grad_enabled() and any(self.adapter_config.aux_weights().values()):
             self._check_checkpointing()
         with self._routing(task_ids, collect=True, token_mask=attention_mask):
@@ -311,8 +314,35 @@ class RankMixModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, *args: Any, task_ids: TaskIds = None, **kwargs: Any) -> Any:
+        if isinstance(task_ids, str):  # inferred from the prompt, once: every step routes as it does
+            prompt = {"input_ids": args[0] if args else kwargs.get("input_ids")}
+            prompt["attention_mask"] = kwargs.get("attention_mask")
+            task_ids = self._auto_task_ids(task_ids, prompt)
         with self._routing(task_ids, collect=False):
             return self.base_model.generate(*args, **kwargs)
+
+    # -- routing without a task id (task_inference.py) -------------------------------------------
+    def _auto_task_ids(self, task_ids: str, inputs: dict[str, Any]) -> torch.Tensor | None:
+        if task_ids != "auto":
+            raise ValueError(
+                f"task_ids={task_ids!r}: pass task ids (ints or task names, one per example), or "
+                "task_ids='auto' to infer each example's task from its input"
+            )
+        return self.infer_tasks(**inputs) if self.method.task_routed else None
+
+    def infer_tasks(self, **inputs: Any) -> torch.Tensor:
+        """Each example's task index, inferred from its input by a first pass of the base model (the
+        rule in task_inference.py); what `task_ids="auto"` routes by."""
+        return task_inference.task_scores(self, inputs).argmax(dim=-1)
+
+    def task_scores(self, **inputs: Any) -> torch.Tensor:
+        """(batch, n_tasks): the summed per-module log-probabilities `infer_tasks` takes the largest of."""
+        return task_inference.task_scores(self, inputs)
+
+    def fit_task_prototypes(self, batches: Iterable[dict[str, torch.Tensor]]) -> None:
+        """Fit the task prototypes task inference uses (needed by Multi-LoRA and MoELoRA, which have no
+        task embeddings) from batches of inputs with their `task_ids`; kept in memory, not saved."""
+        task_inference.fit_task_prototypes(self, batches)
 
     # -- inspection (stats.py) --------------------------------------------------------------------
     def selected_ranks(self) -> dict[str, dict[str, int]]:

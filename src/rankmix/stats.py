@@ -13,8 +13,10 @@ if TYPE_CHECKING:
 
 
 def allocation(model: RankMixModel) -> dict[str, list[int]]:
-    """{module: the ranks of its experts}."""
-    return {name: list(m.bank.ranks) for name, m in model.adapted_modules()}
+    """{module: the ranks of its experts} (of every group of tasks, in order, in a grown adapter)."""
+    return {
+        name: [r for bank, _, _, _ in m.parts() for r in bank.ranks] for name, m in model.adapted_modules()
+    }
 
 
 def by_layer(per_module: dict[str, Any]) -> dict[int | None, list[Any]]:

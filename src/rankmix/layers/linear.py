@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +23,8 @@ class RoutingContext:
     active: bool = False  # inside the model's forward or generate (not a recomputation after it)
     collect: bool = False
     aux: list[tuple[str, torch.Tensor]] = field(default_factory=list)
+    # a task-inference pass (task_inference.py): each layer shows it its input and adds nothing
+    observer: Callable[[AdaptedLinear, torch.Tensor, torch.Tensor | None], None] | None = None
 
     def task_ids_for(self, x: torch.Tensor) -> torch.Tensor | None:
         """Task ids for the rows of `x`. A (batch, seq, ...) input may come from a batch that generation
@@ -106,20 +108,22 @@ class AdaptedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
-        xa = x.to(self.bank.lora_A.dtype)
         token_mask = self._context.token_mask_for(x)
+        if self._context.observer is not None:  # the base alone: the pass that infers the tasks
+            self._context.observer(self, x, token_mask)
+            return result
+        xa = x.to(self.bank.lora_A.dtype)
         task_ids = self._context.task_ids_for(x)
         if not self.grown:
             return result + self._adapt(self.bank, self.router, xa, task_ids, token_mask).to(result.dtype)
-        delta = xa.new_zeros(*x.shape[:-1], self.bank.lora_B.shape[0])
+        delta = result.new_zeros(result.shape)
         for bank, router, start, end in self.parts():  # each row through its own group's experts
             rows = ((task_ids >= start) & (task_ids < end)).nonzero().squeeze(-1)
             if rows.numel():
                 mask = None if token_mask is None else token_mask[rows]
-                delta = delta.index_copy(
-                    0, rows, self._adapt(bank, router, xa[rows], task_ids[rows] - start, mask)
-                )
-        return result + delta.to(result.dtype)
+                out = self._adapt(bank, router, xa[rows], task_ids[rows] - start, mask)
+                delta = delta.index_copy(0, rows, out.to(result.dtype))  # autocast: the bank's may differ
+        return result + delta
 
     def _adapt(
         self,

@@ -181,15 +181,28 @@ class TaskRankSelector(_Uncounted):
         return _per_example(gates, x), {AuxLoss.CONTRASTIVE: self.contrastive_loss(x, task_ids)}
 
     def contrastive_loss(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.task_logits(x), task_ids)
+
+    def task_logits(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, n_tasks): how much each example's pooled input looks like each task's embedding, the
+        cosine over the temperature (what the contrastive loss trains; task_inference.py reads it).
+        `token_mask` (task inference): pool the real tokens only (the first real one, or their mean),
+        so that an example's tasks do not depend on the padding of its batch."""
         if x.dim() == 2:
             pooled = x  # one vector per example already
+        elif token_mask is not None:
+            mask = token_mask.to(x.dtype).unsqueeze(-1)
+            if self.pooling == "first":
+                pooled = x[torch.arange(x.shape[0], device=x.device), token_mask.argmax(dim=1)]
+            else:
+                pooled = (x * mask).sum(1) / mask.sum(1).clamp(min=1)
         elif self.pooling == "first":
             pooled = x[:, 0].clone()  # a copy, so autograd does not keep the whole input alive
         else:
             pooled = x.mean(dim=1)
         z = F.normalize(pooled.float(), dim=-1)
         u = F.normalize(self.task_embedding.float(), dim=-1)
-        return F.cross_entropy(z @ u.t() / self.temperature, task_ids)
+        return z @ u.t() / self.temperature
 
     def task_gates(self, task: int) -> torch.Tensor:
         return F.one_hot(self.selected()[task], self.gate.out_features).float()

@@ -4,6 +4,7 @@ read; the grown run is the recipe's own run folder."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import torch
 
 from ..config import AdapterConfig, config_from_dict
 from ..growth import grown_config, load_grown
-from ..persistence import check_base, read_adapter, read_safetensors
+from ..persistence import WEIGHTS_NAME, check_base, read_adapter, read_safetensors
 from .run import HEADS_NAME, Run, adapter_folder, legacy_kinds, resolve_tasks
 from .run_config import RunConfig, load_run_config
 from .run_folder import ADAPTER_DIR, RUN_CONFIG
@@ -32,6 +33,7 @@ class Growth:
     heads: dict[str, torch.Tensor] | None  # encoder task heads, by ModuleList key ("0.weight", ...)
     old_tasks: int
     mode: str
+    digest: str  # of the adapter and heads files read: a resumed grown run must find the same
 
 
 def plan_growth(cfg: RunConfig) -> Growth:
@@ -66,8 +68,12 @@ def plan_growth(cfg: RunConfig) -> Growth:
         )
     _check_task_meaning(trained_cfg, cfg, where)
     cfg.method = grown_config(trained, cfg.tasks, cfg.grow).to_dict()
-    heads = read_safetensors(folder / HEADS_NAME) if (folder / HEADS_NAME).is_file() else None
-    return Growth(folder, meta, trained, tensors, heads, len(old), cfg.grow)
+    heads_file = folder / HEADS_NAME
+    heads = read_safetensors(heads_file) if heads_file.is_file() else None
+    digest = hashlib.sha256()
+    for file in (folder / WEIGHTS_NAME, heads_file):
+        digest.update(file.read_bytes() if file.is_file() else b"")
+    return Growth(folder, meta, trained, tensors, heads, len(old), cfg.grow, digest.hexdigest()[:16])
 
 
 def _same_model(a: str, b: str) -> bool:
@@ -116,9 +122,15 @@ def apply_growth(run: Run, growth: Growth) -> None:
     freeze them and train the new tasks only. Refuses a base whose weights are not the trained one's,
     and a frozen growth that leaves nothing to train."""
     check_base(run.adapted, growth.meta, growth.folder, strict=True)
+    if run.heads is not None and growth.heads is None:
+        raise ValueError(
+            f"{growth.folder} holds no {HEADS_NAME}, the trained task heads this encoder needs; copy the "
+            "trained run folder again"
+        )
     load_grown(run.adapted, growth.trained, growth.tensors, growth.mode)
+    run.grown_from = growth.digest
     frozen = growth.mode == "frozen"
-    if run.heads is not None and growth.heads is not None:
+    if run.heads is not None:
         for t in range(growth.old_tasks):
             head = run.heads[t]
             try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from ..files import parse_json, read_utf8
 from ..tasks.base import Example, Task
 from ..tasks.custom import is_custom
 from ..tasks.readers import are_options, clean_options, is_text, repeated_option
+from .evaluate import check_mode
 from .run import Run
 
 
@@ -25,14 +26,17 @@ def text_keys(task: Task) -> tuple[str, ...]:
     return task.text_fields[: 2 if "{text_b}" in task.template else 1]
 
 
-def read_rows(path: Path, task: Task) -> list[Example]:
+def read_rows(path: Path, task: Task | None) -> list[Example]:
     """Examples from a JSON-lines file whose rows hold the task's text fields (and, for a
     multiple-choice task, its options), read as the task's training reader reads a row: the same
     fields required, texts and options stripped, no option twice; an unusable row is an error naming
-    its line, raised before any prediction."""
-    keys = text_keys(task)
+    its line, raised before any prediction. No task (--task auto): rows hold text_a, and text_b and
+    options (`choices`) where they have them."""
+    keys = text_keys(task) if task is not None else ("text_a",)
     fields = ", ".join(repr(k) for k in keys)
-    wants_choices = task.kind.needs_choices
+    wants_choices = task is not None and task.kind.needs_choices
+    name = f"task {task.name}" if task is not None else "--task auto"
+    choices_field = task.choices_field if task is not None else "choices"
     examples = []
     for number, line in enumerate(read_utf8(path, "input file").splitlines(), 1):
         if not line.strip():
@@ -43,36 +47,45 @@ def read_rows(path: Path, task: Task) -> list[Example]:
             raise ValueError(f"{path}, line {number}: not valid JSON ({e})") from None
         if not isinstance(row, dict):
             raise ValueError(
-                f"{path}, line {number}: task {task.name} needs a JSON object with the text field(s) {fields}"
+                f"{path}, line {number}: {name} needs a JSON object with the text field(s) {fields}"
             )
         missing = next((k for k in keys if not is_text(row.get(k))), None)
         if missing is not None:
             raise ValueError(
-                f"{path}, line {number}: the non-empty text field {missing!r} is missing; task {task.name} "
-                f"reads {fields} from every row, as it was trained"
+                f"{path}, line {number}: the non-empty text field {missing!r} is missing; {name} "
+                f"reads {fields} from every row"
             )
-        choices = row.get(task.choices_field) if wants_choices else ()
+        row_keys = keys
+        if task is None:  # the row's texts and options as it has them: the inferred task reads them
+            if "text_b" in row and not is_text(row["text_b"]):
+                raise ValueError(f"{path}, line {number}: 'text_b' is empty; give it a text or leave it out")
+            row_keys += ("text_b",) if "text_b" in row else ()
+            wants_choices = choices_field in row
+        choices = row.get(choices_field) if wants_choices else ()
         if wants_choices and not are_options(choices):
+            what = "is a multiple-choice task; each row needs" if task is not None else "reads"
             raise ValueError(
-                f"{path}, line {number}: task {task.name} is a multiple-choice task; each row needs "
-                f"{task.choices_field!r}, a list of at least two non-empty option strings"
+                f"{path}, line {number}: {name} {what} {choices_field!r}, a list of at least two non-empty "
+                "option strings"
             )
         choices = clean_options(choices)
         if (twice := repeated_option(choices)) is not None:
             raise ValueError(
-                f"{path}, line {number}: option {twice!r} appears twice in {task.choices_field!r}, and "
+                f"{path}, line {number}: option {twice!r} appears twice in {choices_field!r}, and "
                 "two equal options tie; give each option once"
             )
-        texts = [row[k].strip() for k in keys]
+        texts = [row[k].strip() for k in row_keys]
         examples.append(Example(texts[0], texts[1] if len(texts) == 2 else None, 0, choices))
     if not examples:
         raise ValueError(f"{path} holds no rows to predict on")
     return examples
 
 
-def text_example(task: Task, text: str) -> Example:
+def text_example(task: Task | None, text: str) -> Example:
     if not is_text(text):
         raise ValueError("--text is empty; pass the text to predict on (training skips empty texts too)")
+    if task is None:  # --task auto: the inferred task reads it
+        return Example(text.strip(), None, 0)
     if task.kind.needs_choices:
         raise ValueError(
             f"task {task.name} is a multiple-choice task: pass its rows, each with its options "
@@ -115,3 +128,38 @@ def predict_records(
         scores = family.scores(model, run.tokenizer, task, ids, chunk, max_length)
         for example, values in zip(chunk, scores, strict=True):
             yield task.kind.record(task, example, family.read(task, example, values), values)
+
+
+def predict_inferred(
+    run: Run,
+    infer: Callable[[Sequence[Example]], torch.Tensor],
+    examples: Sequence[Example],
+    mode: str | None,
+    batch_size: int,
+) -> list[dict[str, Any]]:
+    """`predict_records` for rows of unknown tasks: each row's task inferred (`infer`), the row predicted
+    as a row of that task (its routing, its head or candidates), its record naming the task."""
+    inferred = torch.cat([infer(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)])
+    owners = inferred.tolist()
+    check_mode([run.tasks[t] for t in set(owners)], mode)
+    for i, t in enumerate(owners):  # every row fits its task before anything is predicted
+        task, example = run.tasks[t], examples[i]
+        if task.kind.needs_choices and not example.choices:
+            missing = "no options (choices)"
+        elif len(text_keys(task)) == 2 and example.text_b is None:
+            missing = "one text, and it reads two (text_a, text_b)"
+        else:
+            continue
+        raise ValueError(
+            f"row {i + 1} is inferred to be of task {task.name}, and has {missing}; give the row what "
+            f"{task.name} reads, or predict with --task"
+        )
+    records: list[dict[str, Any]] = [{} for _ in examples]
+    for t in sorted(set(owners)):
+        task = run.tasks[t]
+        rows = [i for i, owner in enumerate(owners) if owner == t]
+        chosen = [examples[i] for i in rows]
+        predicted = predict_records(run, task.name, chosen, mode or run.config.eval_mode, batch_size)
+        for i, record in zip(rows, predicted, strict=True):
+            records[i] = {"task": task.name, **record}
+    return records

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ class Run:
     tokenizer: Any
     family: ModelFamily
     frozen_tasks: int = 0  # the leading tasks that do not train (a frozen growth's old ones: grow.py)
+    grown_from: str | None = None  # a digest of the trained adapter and heads it grew from (grow.py)
 
     @property
     def heads(self) -> nn.ModuleList | None:
@@ -101,7 +102,8 @@ def legacy_kinds(tasks: list[str]) -> dict[str, str]:
     return {name: twin.kind.name for name in tasks if (twin := _twin(name)) is not None}
 
 
-def _subset(examples: list[Example], cap: int | None, seed: int) -> list[Example]:
+def subset(examples: list[Example], cap: int | None, seed: int) -> list[Example]:
+    """At most `cap` of `examples`, drawn with `seed` (all of them, in order, within the cap)."""
     if cap is None or len(examples) <= cap:
         return examples
     return random.Random(seed).sample(examples, cap)
@@ -123,7 +125,7 @@ def load_data(cfg: RunConfig, tasks: list[Task], splits: tuple[str, ...] = ("tra
                 raise ValueError(
                     f"{task.name}/{split} has no examples {where}; point data_dir at a folder that holds them"
                 )
-            data[split].append(_subset(examples, caps[split], seed))
+            data[split].append(subset(examples, caps[split], seed))
     return data
 
 
@@ -201,14 +203,16 @@ def evaluate_run(
     mode: str | None = None,
     share: tuple[int, int] = (0, 1),
     progress: bool = False,
+    infer: Callable[[Sequence[Example]], torch.Tensor] | None = None,
 ) -> dict:
     """Dev metrics of every task of `run` (with `model`, e.g. an unwrapped DDP replica, if given; each
-    process of a distributed job predicting its `share`, (rank, world)); `progress`: a bar of rows."""
+    process of a distributed job predicting its `share`, (rank, world)); `progress`: a bar of rows;
+    `infer`: route by the tasks it infers (task_free.py)."""
     t = run.config.train
     model = run.model if model is None else model
     mode = mode or run.config.eval_mode
     data = (run.tasks, run.dev_sets, t.batch_size, t.max_length, mode, share)
-    return evaluate(model, run.family, run.tokenizer, *data, progress=progress)
+    return evaluate(model, run.family, run.tokenizer, *data, progress=progress, infer=infer)
 
 
 # -- the run folder ----------------------------------------------------------------------------------
@@ -390,7 +394,7 @@ def parameters(adapted: RankMixModel, heads: nn.ModuleList | None) -> dict[str, 
     counts = adapted.parameter_counts()
     if heads is not None:
         counts["heads"] = sum(p.numel() for p in heads.parameters())
-        counts["trainable"] += counts["heads"]
+        counts["trainable"] += sum(p.numel() for p in heads.parameters() if p.requires_grad)
         counts["total"] += counts["heads"]
     return counts
 

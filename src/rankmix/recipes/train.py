@@ -178,7 +178,7 @@ def param_groups(run: Run) -> list[dict]:
         groups.append(
             {"params": [p for p in run.heads.parameters() if p.requires_grad], "lr": t.head_lr or t.lr}
         )
-    return [g for g in groups if g["params"]]  # frozen growth leaves some groups empty
+    return groups
 
 
 def tokenised(run: Run) -> list[list[Features]]:
@@ -237,8 +237,10 @@ def train(
 
     # broadcast_buffers=False: every process loads the same base, and the routers' load counters are
     # each process's own (summed over processes when logged), not rank 0's copied into the others
+    # several groups of tasks (a grown adapter): a batch of one group leaves the others' without gradient
+    grouped = len(run.adapted.adapter_config.group_configs()) > 1
     ddp = DistributedDataParallelKwargs(
-        find_unused_parameters=run.family.find_unused_parameters, broadcast_buffers=False
+        find_unused_parameters=run.family.find_unused_parameters or grouped, broadcast_buffers=False
     )
     fsdp = take_fsdp_request()  # before accelerate reads it
     # cpu=True on CPUs (no GPU present, or --device cpu), so that torchrun / accelerate launch run
@@ -297,7 +299,9 @@ class Training:
         self.main = accelerator.is_main_process
         self.fsdp = fsdp and accelerator.num_processes > 1  # one process has nothing to shard over
         self.start_time, self.progress = start_time, progress
-        self.state = TrainState(config=resume_key(run.config), adapter=run.adapted.adapter_config.to_dict())
+        # a grown run resumes only over the very adapter it grew from (its frozen part is read from there)
+        self.key = resume_key(run.config) | ({"grown_from": run.grown_from} if run.grown_from else {})
+        self.state = TrainState(config=self.key, adapter=run.adapted.adapter_config.to_dict())
         self.setup_s: dict[str, float] = {}  # seconds each setup step took
         self.log: MetricsLog | None = None
 
@@ -357,7 +361,7 @@ class Training:
                 self.optimizer,
                 self.scheduler,
                 self.sampler,
-                resume_key(self.config),
+                self.key,
                 acc.process_index,
                 acc.num_processes,
             )
