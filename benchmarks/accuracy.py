@@ -257,6 +257,13 @@ GLUE_GROWTH = (
     ),
 )
 SUITES = {
+    # routing without task ids (benchmarks/task_free.py evaluates these runs): the task-routed methods
+    "task-free": Suite(
+        (_glue("more"), _glue("multilora"), _glue("moelora")),
+        seeds=(0,),
+        baseline="more",
+        headline_tasks=GLUE_HEADLINE,
+    ),
     "glue-growth": Suite(
         GLUE_GROWTH,
         seeds=(0, 1, 2),

@@ -52,15 +52,18 @@ def mean_std(values: list[float], sign: str = "") -> str:
 
 
 def headline(record: dict, tasks: Iterable[str] | None) -> float:
+    """The mean score over `tasks` (all of the record's where None) that the record ran."""
     scores = {t: r["score"] for t, r in record["results"]["tasks"].items()}
-    chosen = [scores[t] for t in (tasks or scores)]
+    chosen = [scores[t] for t in (tasks or scores) if t in scores]
     return sum(chosen) / len(chosen)
 
 
 def paired_difference(record: dict, base: dict, tasks: tuple[str, ...] | None) -> float:
-    """The headline average of `record` less `base`'s, over the same tasks: the headline tasks, or else
-    the tasks both ran (a calibration run may train fewer tasks than the zero-shot row scores)."""
-    common = tasks or sorted(record["results"]["tasks"].keys() & base["results"]["tasks"].keys())
+    """The headline average of `record` less `base`'s, over the same tasks: the headline tasks both ran
+    (a run before tasks were added to it has fewer), or else every task both ran (a calibration run may
+    train fewer tasks than the zero-shot row scores)."""
+    both = record["results"]["tasks"].keys() & base["results"]["tasks"].keys()
+    common = [t for t in tasks if t in both] if tasks else sorted(both)
     return headline(record, common) - headline(base, common)
 
 
