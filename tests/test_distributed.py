@@ -422,3 +422,37 @@ def test_fsdp_shards_every_trainable_parameter_over_the_processes(tmp_path, glue
         assert kind == "DTensor" and shards[1][name][0] == "DTensor", name
         assert local + shards[1][name][1] == whole, name
         assert local < whole or whole == 1, name
+
+
+def test_a_grown_adapter_with_two_task_groups_trains_under_ddp(tmp_path, glue_data):
+    """MoRE on rte, grown frozen with cola (two task groups), then grown joint with stsb under torchrun:
+    a batch of one task leaves the other group's parameters without gradient, which DDP must expect
+    (a decoder's DDP otherwise assumes every parameter is used)."""
+    _tiny_llama(tmp_path / "model", glue_data)
+    train = {"steps": 2, "batch_size": 2, "max_length": 32, "warmup_steps": 1, "eval_every": 2}
+    train |= {"max_train_examples": 8, "max_eval_examples": 4}
+    base = {"model": str(tmp_path / "model"), "data_dir": str(glue_data), "train": train}
+    base["method"] = {"method": "more", "max_rank": 2}
+
+    def recipe(name: str, tasks: list[str], **extra) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(base | {"tasks": tasks, "output_dir": str(tmp_path / name)} | extra))
+        return path
+
+    for args in (
+        [recipe("first", ["rte"])],
+        [recipe("frozen", ["rte", "cola"], grow="frozen"), "--init-from", str(tmp_path / "first")],
+    ):
+        subprocess.run(
+            [sys.executable, "-m", "rankmix.cli", "train", *map(str, args), "--no-progress"],
+            check=True,
+            capture_output=True,
+            env=ENV,
+            timeout=600,
+        )
+    joint = recipe("joint", ["rte", "cola", "stsb"], init_from=str(tmp_path / "frozen"))
+    _torchrun(2, joint)
+    results = json.loads((tmp_path / "joint" / "results.json").read_text())
+    assert results["processes"] == 2 and results["steps"] == 2
+    saved = json.loads((tmp_path / "joint" / "adapter" / "adapter_config.json").read_text())
+    assert saved["adapter"]["task_groups"] == [1, 2]

@@ -123,6 +123,11 @@ class AdaptedLinear(nn.Module):
                 mask = None if token_mask is None else token_mask[rows]
                 out = self._adapt(bank, router, xa[rows], task_ids[rows] - start, mask)
                 delta = delta.index_copy(0, rows, out.to(result.dtype))  # autocast: the bank's may differ
+            elif torch.is_grad_enabled() and bank.lora_A.requires_grad:
+                # a group that trains and has no row here still joins the graph, with zero gradient, as
+                # the experts of absent tasks in one bank do: DDP reduces every trained parameter
+                unused = sum(p.sum() for p in (*bank.parameters(), *router.parameters()))
+                delta = delta + 0.0 * unused.to(result.dtype)
         return result + delta
 
     def _adapt(

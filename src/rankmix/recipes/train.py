@@ -237,10 +237,8 @@ def train(
 
     # broadcast_buffers=False: every process loads the same base, and the routers' load counters are
     # each process's own (summed over processes when logged), not rank 0's copied into the others
-    # several groups of tasks (a grown adapter): a batch of one group leaves the others' without gradient
-    grouped = len(run.adapted.adapter_config.group_configs()) > 1
     ddp = DistributedDataParallelKwargs(
-        find_unused_parameters=run.family.find_unused_parameters or grouped, broadcast_buffers=False
+        find_unused_parameters=run.family.find_unused_parameters, broadcast_buffers=False
     )
     fsdp = take_fsdp_request()  # before accelerate reads it
     # cpu=True on CPUs (no GPU present, or --device cpu), so that torchrun / accelerate launch run
