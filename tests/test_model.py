@@ -613,3 +613,21 @@ def test_frozen_rank_map_is_saved_and_loaded(tiny, tmp_path):
     torch.manual_seed(4)  # another random state: a map drawn afresh would differ
     loaded = RankMixModel.from_pretrained(tiny.base("llama"), tmp_path)
     assert loaded.selected_ranks() == model.selected_ranks()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_outputs_with_aux_losses_rebuild_from_their_fields(tiny, arch):
+    """torch's pytree takes a ModelOutput apart and builds it again from its fields (DDP with
+    find_unused_parameters, as transformers' Trainer uses it for a model that is not a PreTrainedModel):
+    the aux losses rankmix adds are fields of the output's class, which stays a subclass of the base's."""
+    import torch.utils._pytree as pytree
+
+    base = tiny.base(arch)
+    plain_class = type(base(**tiny.batch(arch, labels=True)))
+    model = get_model(base, method_config("more"))
+    out = model(**tiny.batch(arch, labels=True), task_ids=torch.tensor([0, 1, 2, 0]))
+    assert isinstance(out, plain_class) and out.aux_loss is out["aux_loss"]
+    leaves, spec = pytree.tree_flatten(out)
+    rebuilt = pytree.tree_unflatten(leaves, spec)
+    assert list(rebuilt.keys()) == list(out.keys())
+    assert all(torch.equal(rebuilt[k], out[k]) for k in ("loss", "aux_loss") if k in out)

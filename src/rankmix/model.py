@@ -5,6 +5,8 @@ persistence.py and deploy.py; the model keeps thin methods for them (the public 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import itertools
 import os
 import re
@@ -92,6 +94,23 @@ def adapter_plan(model: nn.Module, config: AdapterConfig) -> dict[str, list[int]
             )
         plan[name] = config.expert_ranks(layer, n_layers)
     return plan
+
+
+def _with_aux(outputs: Any, aux_loss: torch.Tensor, aux_losses: dict[str, torch.Tensor]) -> Any:
+    """`outputs` with `aux_loss` and `aux_losses` added: as fields of a subclass of its ModelOutput class,
+    so that what rebuilds an output from its fields (torch's pytree: DDP with find_unused_parameters, as
+    transformers' Trainer runs a model that is not a PreTrainedModel; torch.compile) rebuilds it whole."""
+    if not dataclasses.is_dataclass(outputs):  # a mapping, or a bare ModelOutput: any key is welcome
+        outputs["aux_loss"], outputs["aux_losses"] = aux_loss, aux_losses
+        return outputs
+    return _aux_output_class(type(outputs))(**dict(outputs.items()), aux_loss=aux_loss, aux_losses=aux_losses)
+
+
+@functools.cache
+def _aux_output_class(cls: type) -> type:
+    """`cls` (a ModelOutput dataclass) with two more fields, aux_loss and aux_losses."""
+    fields = [(name, Any, dataclasses.field(default=None)) for name in ("aux_loss", "aux_losses")]
+    return dataclasses.make_dataclass(cls.__name__, fields, bases=(cls,), namespace={"__module__": __name__})
 
 
 def _added(layer: AdaptedLinear) -> dict[str, torch.Tensor]:
@@ -308,9 +327,8 @@ class RankMixModel(nn.Module):
         total = sum(weights[k] * v for k, v in means.items())
         if outputs.get("loss") is not None:
             outputs["loss"] = outputs["loss"] + total.to(outputs["loss"].dtype)
-        outputs["aux_loss"] = total  # weighted, with gradient: for heads and losses computed outside
-        outputs["aux_losses"] = {k: v.detach() for k, v in means.items()}
-        return outputs
+        # aux_loss: weighted, with gradient, for heads and losses computed outside
+        return _with_aux(outputs, total, {k: v.detach() for k, v in means.items()})
 
     @torch.no_grad()
     def generate(self, *args: Any, task_ids: TaskIds = None, **kwargs: Any) -> Any:
