@@ -41,14 +41,6 @@ UNSEEN = ("cb", "wnli")
 UNSEEN_LABELS = {"wnli": {"entailment": "1", "not_entailment": "0"}}
 
 
-def recording(infer, log: list[torch.Tensor]):
-    def wrapped(chunk):
-        log.append(infer(chunk))
-        return log[-1]
-
-    return wrapped
-
-
 def measure(run_dir: Path, data_dir: str) -> dict:
     run, _ = open_run(run_dir, [f"data_dir={data_dir}"], splits=("train", "dev"))
     run.model.eval()
@@ -61,12 +53,15 @@ def measure(run_dir: Path, data_dir: str) -> dict:
         if rule == "prototypes":
             fit_prototypes(run)
         infer = task_inferrer(run)
-        log: list[torch.Tensor] = []
-        scores = evaluate_run(run, progress=True, infer=recording(infer, log))
-        # evaluation goes task by task, chunk by chunk: the log splits by the dev sets' sizes
-        inferred = torch.cat(log).split([len(rows) for rows in run.dev_sets])
+        inferred: dict[int, torch.Tensor] = {}  # each dev set's, as evaluation inferred them
+
+        def remembered(rows, infer=infer, inferred=inferred):
+            return inferred.setdefault(id(rows), infer(rows))
+
+        scores = evaluate_run(run, progress=True, infer=remembered)
         routed = {}
-        for task, ids in zip(run.tasks, inferred, strict=True):
+        for task, rows in zip(run.tasks, run.dev_sets, strict=True):
+            ids = inferred[id(rows)]
             counts = Counter(names[i] for i in ids.tolist())
             routed[task.name] = {name: counts[name] / len(ids) for name in names}
         unseen = {}

@@ -142,24 +142,17 @@ def test_auto_generation_routes_as_the_inferred_ids(tiny):
     assert torch.equal(auto, model.generate(**batch, task_ids=truth, **kwargs))
 
 
-def test_a_grown_adapter_scores_every_group_s_tasks(tiny):
+def test_a_grown_adapter_needs_prototypes(tiny):
+    """Its groups' task embeddings were never trained against each other: prototypes score its tasks."""
     pristine, old = build(tiny, "bert", MoREConfig(tasks=TASKS[:2], max_rank=4, pooling="mean"))
     torch.manual_seed(1)
     grown = get_model(copy.deepcopy(pristine), grown_config(old.adapter_config, TASKS, "frozen")).eval()
-    tiny.randomize(grown, seed=4)
-    batch = padded_batch(tiny, "bert")
-    scores = grown.task_scores(**batch)
-    assert scores.shape == (6, 3)
-    # by hand: each module's logits are its groups' cosines side by side
-    inputs = module_inputs(pristine, [n for n, _ in grown.adapted_modules()], batch)
-    total = torch.zeros(6, 3)
-    for name, m in grown.adapted_modules():
-        logits = torch.cat(
-            [router.task_logits(inputs[name], batch["attention_mask"]) for _, router, _, _ in m.parts()],
-            dim=-1,
-        )
-        total += torch.log_softmax(logits, dim=-1)
-    assert torch.allclose(scores, total, atol=1e-4)
+    batch, truth = distinct_tasks_batch(tiny, "bert")
+    with pytest.raises(ValueError, match="fit task prototypes first"):
+        grown.infer_tasks(**batch)
+    grown.fit_task_prototypes([batch | {"task_ids": truth}])
+    expected = reference_scores(grown, pristine, batch, grown.task_prototypes)
+    assert torch.allclose(grown.task_scores(**batch).double(), expected, atol=1e-3)
 
 
 def test_task_ids_none_and_unknown_strings_are_refused(tiny):
@@ -188,14 +181,12 @@ def test_task_free_evaluation_routes_by_the_inferred_tasks(small_runs, tmp_path,
     infer, t = task_inferrer(run), run.config.train
     run.model.eval()
     for index, (task, rows) in enumerate(zip(run.tasks, run.dev_sets, strict=True)):
-        chunks = [rows[i : i + t.batch_size] for i in range(0, len(rows), t.batch_size)]
-        inferred = [infer(chunk) for chunk in chunks]
-        right = (torch.cat(inferred) == index).tolist()
+        inferred = infer(rows)
+        right = (inferred == index).tolist()
         assert reported[task.name]["task_accuracy"] == pytest.approx(sum(right) / len(right))
         args = (run.model, run.family, run.tokenizer, task, index, rows, t.batch_size, t.max_length)
         given = predict(*args)
-        routes = iter(inferred)
-        free = predict(*args, route=lambda chunk, routes=routes: next(routes))
+        free = predict(*args, routes=inferred)
         assert [f for f, r in zip(free, right, strict=True) if r] == [
             g for g, r in zip(given, right, strict=True) if r
         ]

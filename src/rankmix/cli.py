@@ -21,9 +21,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .recipes.train import train
 
     # a run folder's run.yaml names the run folder and its files relative to itself
-    cfg = load_run_config(
-        args.config, init_from_override(args), paths_from_file=is_run_file(Path(args.config))
-    )
+    cfg = load_run_config(args.config, recipe_overrides(args), paths_from_file=is_run_file(Path(args.config)))
     results = train(cfg, overwrite=args.overwrite, progress=not args.no_progress, device=args.device)
     if not PartialState().is_main_process:
         return
@@ -34,7 +32,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"adapter, results.json, metrics.jsonl and tb/ in {cfg.output_dir}")
 
 
-def init_from_override(args: argparse.Namespace) -> list[str]:
+def recipe_overrides(args: argparse.Namespace) -> list[str]:
     """The --set overrides, with --init-from RUN as the recipe key init_from (in JSON: a YAML string,
     whatever the path holds)."""
     return args.set + ([f"init_from={json.dumps(args.init_from)}"] if args.init_from else [])
@@ -90,13 +88,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.out:
         check_file_out(args.out, [args.adapter, *([args.input] if args.input else [])], args.force)
     device = resolve_device(args.device)
+    run, _ = open_run(args.adapter, args.set)
     if args.task == "auto":  # each row's task inferred
-        run, _ = open_run(args.adapter, args.set)
         examples = read_rows(Path(args.input), None) if args.input else [text_example(None, args.text)]
         run.model.to(device)
         records = predict_inferred(run, task_inferrer(run), examples, args.mode, args.batch_size)
     else:
-        run, _ = open_run(args.adapter, args.set)
         task = check_task(run, args.task, with_head=True)
         check_mode([task], args.mode)
         examples = read_rows(Path(args.input), task) if args.input else [text_example(task, args.text)]
@@ -151,10 +148,12 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     path = Path(args.target)
     trained = path.is_dir()
     if trained:
+        if args.init_from:
+            raise ValueError("--init-from grows a recipe: pass the recipe to inspect, not a run folder")
         run, _ = open_run(args.target, args.set)
         adapted, heads, tasks = run.adapted, run.heads, [t.name for t in run.tasks]
     else:
-        cfg = load_run_config(path, init_from_override(args))
+        cfg = load_run_config(path, recipe_overrides(args))
         growth = plan_growth(cfg) if cfg.init_from else None  # the adapter as --init-from grows it
         size = check_run_size(cfg, resolve_device("auto"))  # before building what cannot fit
         run = prepare(cfg, splits=())  # no data, but what the probe allocator trains on

@@ -67,12 +67,9 @@ def load_grown(
         target = own.get(key)
         if target is None:
             raise ValueError(f"the trained adapter's {key} has no place in the grown adapter")
-        grew = [d for d in range(value.dim()) if value.shape[d] != target.shape[d]]
-        if (
-            value.dim() != target.dim()
-            or len(grew) > 1
-            or any(value.shape[d] > target.shape[d] for d in grew)
-        ):
+        same_rank = value.dim() == target.dim()
+        grew = [d for d in range(value.dim()) if same_rank and value.shape[d] != target.shape[d]]
+        if not same_rank or len(grew) > 1 or any(value.shape[d] > target.shape[d] for d in grew):
             raise ValueError(
                 f"{key} has shape {tuple(value.shape)} in the trained adapter and {tuple(target.shape)} in "
                 "the grown one: only task tables grow, along one dimension"

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
+from .layers.routers import masked_mean
 from .model import RankMixModel
 from .tasks.base import Task
 
@@ -52,8 +53,7 @@ class MultiTaskHeads(nn.Module):
         routes = row_tasks if route_ids is None else route_ids[owner]
         out = self.body(**body_inputs, attention_mask=attention_mask, task_ids=routes)
         hidden = out.last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        pooled = masked_mean(hidden, attention_mask)
         widths = torch.tensor([h.out_features for h in self.heads], device=task_ids.device)
         width = int((counts * widths[task_ids]).max())
         logits = pooled.new_full((examples, width), float("-inf"))

@@ -351,7 +351,7 @@ class RankMixModel(nn.Module):
     def infer_tasks(self, **inputs: Any) -> torch.Tensor:
         """Each example's task index, inferred from its input by a first pass of the base model (the
         rule in task_inference.py); what `task_ids="auto"` routes by."""
-        return task_inference.task_scores(self, inputs).argmax(dim=-1)
+        return self.task_scores(**inputs).argmax(dim=-1)
 
     def task_scores(self, **inputs: Any) -> torch.Tensor:
         """(batch, n_tasks): the summed per-module log-probabilities `infer_tasks` takes the largest of."""

@@ -14,9 +14,7 @@ if TYPE_CHECKING:
 
 def allocation(model: RankMixModel) -> dict[str, list[int]]:
     """{module: the ranks of its experts} (of every group of tasks, in order, in a grown adapter)."""
-    return {
-        name: [r for bank, _, _, _ in m.parts() for r in bank.ranks] for name, m in model.adapted_modules()
-    }
+    return {name: [r for part in m.parts() for r in part.bank.ranks] for name, m in model.adapted_modules()}
 
 
 def by_layer(per_module: dict[str, Any]) -> dict[int | None, list[Any]]:
@@ -55,9 +53,9 @@ def parameter_counts(model: RankMixModel) -> dict[str, int]:
     lora = router = 0
     active = 0.0
     for _, m in model.adapted_modules():
-        for bank, gate, _, _ in m.parts():
-            lora += sum(p.numel() for p in bank.parameters())
-            router += sum(p.numel() for p in gate.parameters())
+        for part in m.parts():
+            lora += sum(p.numel() for p in part.bank.parameters())
+            router += sum(p.numel() for p in part.router.parameters())
         active += m.active_rank() * (m.bank.lora_A.shape[1] + m.bank.lora_B.shape[0])
     return {
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .layers import AdaptedLinear
+from .layers.routers import masked_mean
 
 if TYPE_CHECKING:
     from .model import RankMixModel
@@ -35,10 +36,9 @@ if TYPE_CHECKING:
 PROTOTYPE_TEMPERATURE = 0.05
 
 
-def _mean_over_tokens(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(batch, d): each row of x (batch, positions, d) averaged over its real tokens, then normalised."""
-    weights = mask.to(x.dtype).unsqueeze(-1)
-    return F.normalize(((x * weights).sum(1) / weights.sum(1).clamp(min=1)).float(), dim=-1)
+def _pooled(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(batch, d): each row's input averaged over its real tokens, normalised."""
+    return F.normalize(masked_mean(x, mask).float(), dim=-1)
 
 
 @contextmanager
@@ -57,9 +57,10 @@ def _observing(model: RankMixModel, observer: Callable, mask: torch.Tensor, body
 
 
 def _first_pass(model: RankMixModel, inputs: dict[str, Any], observer: Callable) -> None:
-    """Run the base model's backbone alone on `inputs` (labels dropped), showing each adapted module its
-    input: a decoder's body without the LM head, an encoder-decoder's encoder. Positions follow the
-    real tokens, so a left-padded prompt is read as it would be unpadded."""
+    """Run the base model's backbone alone on `inputs` (labels dropped), calling `observer(name, layer,
+    input, mask)` for each adapted module that reads the input's tokens: a decoder's body without the
+    LM head, an encoder-decoder's encoder. Positions follow the real tokens, so a left-padded prompt is
+    read as it would be unpadded."""
     inputs = {k: v for k, v in inputs.items() if k != "labels" and v is not None}
     if "input_ids" not in inputs:
         raise ValueError("task_ids='auto' infers the tasks from input_ids: pass them (not inputs_embeds)")
@@ -73,41 +74,50 @@ def _first_pass(model: RankMixModel, inputs: dict[str, Any], observer: Callable)
     if "position_ids" in accepted:
         inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
     inputs = {k: v for k, v in inputs.items() if k in accepted}  # e.g. a tokenizer's token_type_ids
-    with torch.no_grad(), _observing(model, observer, mask, body):
+    names = {id(m): name for name, m in model.adapted_modules()}
+
+    def visit(layer: AdaptedLinear, x: torch.Tensor, token_mask: torch.Tensor | None) -> None:
+        if token_mask is not None:  # else its positions are not the input's tokens
+            observer(names[id(layer)], layer, x, token_mask)
+
+    with torch.no_grad(), _observing(model, visit, mask, body):
         body(**inputs)
 
 
 def has_task_embeddings(model: RankMixModel) -> bool:
     """Whether every router can score tasks by embeddings of its own (MoRE's selectors)."""
-    routers = [router for _, m in model.adapted_modules() for _, router, _, _ in m.parts()]
+    routers = [part.router for _, m in model.adapted_modules() for part in m.parts()]
     return all(hasattr(router, "task_logits") for router in routers)
+
+
+def needs_prototypes(model: RankMixModel) -> bool:
+    """Whether task inference needs fitted prototypes: no task embeddings (Multi-LoRA, MoELoRA), or
+    groups of tasks (a grown adapter) whose embeddings were never trained against each other."""
+    return not has_task_embeddings(model) or len(model.adapter_config.group_configs()) > 1
 
 
 @torch.no_grad()
 def task_scores(model: RankMixModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """(batch, n_tasks): each example's summed per-module log-probabilities of every task (the rule above)."""
-    names = {id(m): name for name, m in model.adapted_modules()}
     prototypes = model.task_prototypes
+    if prototypes is None and needs_prototypes(model):
+        raise ValueError(
+            f"this {model.adapter_config.method} adapter has no task embeddings trained to tell all its "
+            "tasks apart: fit task prototypes first, model.fit_task_prototypes(batches) (rankmix eval "
+            "--task-free and predict --task auto fit them on the run's training data)"
+        )
     per_module: list[torch.Tensor] = []
 
-    def observe(layer: AdaptedLinear, x: torch.Tensor, mask: torch.Tensor | None) -> None:
-        if mask is None:
-            return  # positions that are not the input's tokens
-        if prototypes is not None:
-            if names[id(layer)] not in prototypes:
-                return
-            z = _mean_over_tokens(x, mask)
-            logits = z @ prototypes[names[id(layer)]].to(z).t() / PROTOTYPE_TEMPERATURE
+    def observe(name: str, layer: AdaptedLinear, x: torch.Tensor, mask: torch.Tensor) -> None:
+        if prototypes is None:
+            logits = layer.router.task_logits(x, mask)  # one group of tasks: needs_prototypes
+        elif name in prototypes:
+            z = _pooled(x, mask)
+            logits = z @ prototypes[name].to(z).t() / PROTOTYPE_TEMPERATURE
         else:
-            logits = torch.cat([router.task_logits(x, mask) for _, router, _, _ in layer.parts()], dim=-1)
+            return
         per_module.append(F.log_softmax(logits.float(), dim=-1))
 
-    if prototypes is None and not has_task_embeddings(model):
-        raise ValueError(
-            f"{model.adapter_config.method} has no task embeddings to recognise a task by: fit task "
-            "prototypes first, model.fit_task_prototypes(batches) (rankmix eval --task-free and predict "
-            "--task auto fit them on the run's training data)"
-        )
     _first_pass(model, inputs, observe)
     if not per_module:
         raise ValueError("no adapted module reads the input tokens, so none can tell which task they are")
@@ -119,22 +129,19 @@ def fit_task_prototypes(model: RankMixModel, batches: Iterable[dict[str, torch.T
     """Set `model.task_prototypes` from `batches` of inputs with their `task_ids`: per module, the mean
     of each task's normalised first-pass inputs, normalised. Every task needs examples."""
     n_tasks = len(model.adapter_config.task_names)
-    names = {id(m): name for name, m in model.adapted_modules()}
     sums: dict[str, torch.Tensor] = {}
     counts = torch.zeros(n_tasks)
-    current: dict[str, torch.Tensor] = {}  # the task ids of the batch in the first pass
+    task_ids = torch.zeros(0, dtype=torch.long)  # the batch's, in its first pass
 
-    def observe(layer: AdaptedLinear, x: torch.Tensor, mask: torch.Tensor | None) -> None:
-        if mask is None:
-            return
-        z = _mean_over_tokens(x, mask)
-        total = sums.setdefault(names[id(layer)], torch.zeros(n_tasks, z.shape[-1], device=z.device))
-        total.index_add_(0, current["task_ids"].to(z.device), z)
+    def observe(name: str, layer: AdaptedLinear, x: torch.Tensor, mask: torch.Tensor) -> None:
+        z = _pooled(x, mask)
+        total = sums.setdefault(name, torch.zeros(n_tasks, z.shape[-1], device=z.device))
+        total.index_add_(0, task_ids.to(z.device), z)
 
     for batch in batches:
-        current["task_ids"] = batch["task_ids"]
+        task_ids = batch["task_ids"]
         _first_pass(model, {k: v for k, v in batch.items() if k != "task_ids"}, observe)
-        counts += torch.bincount(batch["task_ids"].cpu(), minlength=n_tasks)
+        counts += torch.bincount(task_ids.cpu(), minlength=n_tasks)
     missing = [t for t, n in zip(model.adapter_config.task_names, counts.tolist(), strict=True) if n == 0]
     if missing:
         raise ValueError(f"fit_task_prototypes needs examples of every task; none of {missing}")

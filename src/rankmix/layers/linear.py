@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from .base import base_layer_kind, supported
 from .experts import ExpertBank
-from .routers import Router
+from .routers import Router, require_task_ids
 
 
 @dataclass
@@ -45,6 +47,15 @@ class RoutingContext:
         """The attention mask, where it describes the positions of `x` (not, e.g., a T5 decoder's)."""
         mask = self.token_mask
         return mask if mask is not None and tuple(mask.shape) == tuple(x.shape[:-1]) else None
+
+
+class Part(NamedTuple):
+    """The experts and router that serve the tasks [start, end) of an adapted layer."""
+
+    bank: ExpertBank
+    router: Router
+    start: int
+    end: float  # math.inf: every task from start on
 
 
 class TaskGroup(nn.Module):
@@ -98,13 +109,13 @@ class AdaptedLinear(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return getattr(self.base_layer, "bias", None)
 
-    def parts(self) -> list[tuple[ExpertBank, Router, int, int | None]]:
-        """(bank, router, first task, end task) of each group of tasks; the end of the last is None."""
+    def parts(self) -> list[Part]:
+        """The experts and router of each group of tasks, in task order (one part until tasks are added
+        with frozen growth; it serves every task)."""
         if not self.grown:
-            return [(self.bank, self.router, 0, None)]
-        ends = [g.start for g in self.grown]
-        parts = [(self.bank, self.router, 0, ends[0])]
-        return parts + [(g.bank, g.router, g.start, g.start + g.n_tasks) for g in self.grown]
+            return [Part(self.bank, self.router, 0, math.inf)]
+        first = Part(self.bank, self.router, 0, self.grown[0].start)
+        return [first] + [Part(g.bank, g.router, g.start, g.start + g.n_tasks) for g in self.grown]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
@@ -116,6 +127,7 @@ class AdaptedLinear(nn.Module):
         task_ids = self._context.task_ids_for(x)
         if not self.grown:
             return result + self._adapt(self.bank, self.router, xa, task_ids, token_mask).to(result.dtype)
+        task_ids = require_task_ids(task_ids)
         delta = result.new_zeros(result.shape)
         for bank, router, start, end in self.parts():  # each row through its own group's experts
             rows = ((task_ids >= start) & (task_ids < end)).nonzero().squeeze(-1)
@@ -146,18 +158,10 @@ class AdaptedLinear(nn.Module):
             context.aux.extend(aux.items())
         return bank(xa, gates)
 
-    def _part(self, task: int) -> tuple[ExpertBank, Router, int]:
-        """(bank, router, task id within its group) of `task`."""
-        return next(
-            (bank, router, task - start)
-            for bank, router, start, end in self.parts()
-            if start <= task and (end is None or task < end)
-        )
-
     def task_factors(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(A_t, B_t): the plain LoRA this layer computes for `task`, scaling folded into B_t."""
-        bank, router, local = self._part(task)
-        return bank.factors(router.task_gates(local))
+        part = next(p for p in self.parts() if p.start <= task < p.end)
+        return part.bank.factors(part.router.task_gates(task - part.start))
 
     def delta_weight(self, task: int) -> torch.Tensor:
         """The weight update for `task`, in the base layer's weight layout."""
@@ -169,6 +173,6 @@ class AdaptedLinear(nn.Module):
         """The rank one token uses (a mean over tasks where it varies, groups weighted by their tasks)."""
         if not self.grown:
             return self.router.active_rank(self.bank.ranks)
-        counts = [self.grown[0].start] + [g.n_tasks for g in self.grown]
-        ranks = [router.active_rank(bank.ranks) for bank, router, _, _ in self.parts()]
-        return sum(r * n for r, n in zip(ranks, counts, strict=True)) / sum(counts)
+        parts = self.parts()
+        total = sum(p.router.active_rank(p.bank.ranks) * (p.end - p.start) for p in parts)
+        return total / parts[-1].end

@@ -56,12 +56,18 @@ class _Uncounted(nn.Module):
         return None
 
 
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(batch, d): each row of x (batch, positions, d) averaged over the positions `mask` marks."""
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
 def _per_example(gates: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """(batch, E) -> (batch, 1, ..., 1, E) so that one gate row serves every position of an example."""
     return gates.view(gates.shape[0], *([1] * (x.dim() - 2)), gates.shape[-1])
 
 
-def _require(task_ids: torch.Tensor | None) -> torch.Tensor:
+def require_task_ids(task_ids: torch.Tensor | None) -> torch.Tensor:
     if task_ids is None:
         raise ValueError(
             "this adapter routes by task: pass task_ids (one int per example) to the forward call"
@@ -109,7 +115,7 @@ class TaskRouter(_Uncounted):
     def forward(
         self, x: torch.Tensor, task_ids: torch.Tensor | None, token_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict]:
-        task_ids = _require(task_ids)
+        task_ids = require_task_ids(task_ids)
         if self.soft:
             return _per_example(self.table()[task_ids], x), {}
         return _per_example(F.one_hot(task_ids, self.n_experts).to(x.dtype), x), {}
@@ -171,7 +177,7 @@ class TaskRankSelector(_Uncounted):
     def forward(
         self, x: torch.Tensor, task_ids: torch.Tensor | None, token_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict]:
-        task_ids = _require(task_ids)
+        task_ids = require_task_ids(task_ids)
         if hasattr(self, "frozen_choice"):  # no straight-through path: the gate gets no gradient
             gates = F.one_hot(self.frozen_choice[task_ids], self.gate.out_features).to(x.dtype)
         else:
@@ -190,12 +196,10 @@ class TaskRankSelector(_Uncounted):
         so that an example's tasks do not depend on the padding of its batch."""
         if x.dim() == 2:
             pooled = x  # one vector per example already
+        elif token_mask is not None and self.pooling == "first":
+            pooled = x[torch.arange(x.shape[0], device=x.device), token_mask.argmax(dim=1)]
         elif token_mask is not None:
-            mask = token_mask.to(x.dtype).unsqueeze(-1)
-            if self.pooling == "first":
-                pooled = x[torch.arange(x.shape[0], device=x.device), token_mask.argmax(dim=1)]
-            else:
-                pooled = (x * mask).sum(1) / mask.sum(1).clamp(min=1)
+            pooled = masked_mean(x, token_mask)
         elif self.pooling == "first":
             pooled = x[:, 0].clone()  # a copy, so autograd does not keep the whole input alive
         else:

@@ -27,22 +27,24 @@ def predict(
     mode: str = "score",
     share: tuple[int, int] = (0, 1),
     scored: Callable[[int], object] | None = None,
-    route: Callable[[Sequence[Example]], torch.Tensor] | None = None,
+    routes: torch.Tensor | None = None,
 ) -> list[Prediction]:
     """One prediction per example (what one is, its task's kind says). With `share` (rank, world)
     of a torch.distributed job, each process predicts every world-th example with its own replica of
     `model`, and every process gets all the predictions, in order. `scored(n)` hears of each batch: about
-    n rows scored by all processes. `route(chunk)`: the task ids the adapter routes a chunk by (the tasks
-    inferred from its inputs: task_free.py), where given."""
+    n rows scored by all processes. `routes`: the task id the adapter routes each example by (the tasks
+    inferred from the inputs: task_free.py; one process), where given."""
     rank, world = share
+    if routes is not None and world > 1:
+        raise ValueError("task-free evaluation runs in one process: its task counts are not gathered")
     mine = examples[rank::world]
     device = next(p.device for p in model.parameters())
     preds: list[Prediction] = []
     for start in range(0, len(mine), batch_size):
         chunk = mine[start : start + batch_size]
         ids = torch.full((len(chunk),), task_index, dtype=torch.long, device=device)
-        routes = None if route is None else route(chunk)
-        preds += family.predict(model, tokenizer, task, ids, chunk, max_length, mode, routes)
+        chunk_routes = None if routes is None else routes[start : start + len(chunk)].to(device)
+        preds += family.predict(model, tokenizer, task, ids, chunk, max_length, mode, chunk_routes)
         if scored is not None:
             scored(len(chunk) * world)
     if world == 1:
@@ -69,23 +71,15 @@ def evaluate(
     infer: Callable[[Sequence[Example]], torch.Tensor] | None = None,
 ) -> dict[str, dict[str, float]]:
     """{task: {metric: value, "score": ...}} for every task (each process predicting its `share`); with
-    `progress`, a bar of the rows scored, naming the task (the main process's). `infer(chunk)`: route
-    each example by the task it gives (task-free evaluation), and report each task's `task_accuracy`,
-    the share of its rows inferred to be of it."""
+    `progress`, a bar of the rows scored, naming the task (the main process's). `infer(examples)`: route
+    each example by the task it gives (task-free evaluation, one process), and report each task's
+    `task_accuracy`, the share of its rows inferred to be of it."""
     from tqdm.auto import tqdm
 
     family.check(tasks, mode)
-    if infer is not None and share[1] > 1:
-        raise ValueError("task-free evaluation runs in one process: its task counts are not gathered")
     was_training = model.training
     model.eval()
     results = {}
-    routed: list[torch.Tensor] = []  # the task ids `infer` gave the current task's rows
-
-    def route(chunk: Sequence[Example]) -> torch.Tensor:
-        routed.append(infer(chunk))
-        return routed[-1]
-
     total = sum(len(d) for d in dev_sets)
     bar = tqdm(total=total, desc="eval", unit="row", disable=not progress or share[0] != 0)
     try:
@@ -93,24 +87,12 @@ def evaluate(
             bar.set_description(f"eval {task.name}")
             if share[0] == 0:
                 family.check_rows(tokenizer, task, examples, max_length)
-            routed.clear()
-            preds = predict(
-                model,
-                family,
-                tokenizer,
-                task,
-                t,
-                examples,
-                batch_size,
-                max_length,
-                mode,
-                share,
-                bar.update,
-                None if infer is None else route,
-            )
+            routes = None if infer is None else infer(examples)
+            data = (examples, batch_size, max_length, mode, share, bar.update, routes)
+            preds = predict(model, family, tokenizer, task, t, *data)
             results[task.name] = task.score(preds, [e.label for e in examples])
-            if routed:
-                results[task.name]["task_accuracy"] = float((torch.cat(routed) == t).float().mean())
+            if routes is not None:
+                results[task.name]["task_accuracy"] = float((routes == t).float().mean())
     finally:
         bar.close()
         model.train(was_training)

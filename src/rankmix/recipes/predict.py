@@ -139,8 +139,7 @@ def predict_inferred(
 ) -> list[dict[str, Any]]:
     """`predict_records` for rows of unknown tasks: each row's task inferred (`infer`), the row predicted
     as a row of that task (its routing, its head or candidates), its record naming the task."""
-    inferred = torch.cat([infer(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)])
-    owners = inferred.tolist()
+    owners = infer(examples).tolist()
     check_mode([run.tasks[t] for t in set(owners)], mode)
     for i, t in enumerate(owners):  # every row fits its task before anything is predicted
         task, example = run.tasks[t], examples[i]

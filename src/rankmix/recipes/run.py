@@ -114,7 +114,7 @@ def load_data(cfg: RunConfig, tasks: list[Task], splits: tuple[str, ...] = ("tra
     sees the same examples)."""
     data: dict[str, list[list[Example]]] = {s: [] for s in splits}
     caps = {"train": cfg.train.max_train_examples, "dev": cfg.train.max_eval_examples}
-    seed = cfg.train.seed if cfg.train.data_seed is None else cfg.train.data_seed
+    seed = cfg.train.sampling_seed
     for task in tasks:
         for split in splits:
             examples, _ = task.load(

@@ -69,6 +69,11 @@ class TrainConfig:
     )
     max_eval_examples: int | None = None
 
+    @property
+    def sampling_seed(self) -> int:
+        """The seed of the per-task subsets: data_seed, else seed."""
+        return self.seed if self.data_seed is None else self.data_seed
+
     def validate(self) -> None:
         if not isinstance(self.gradient_checkpointing, bool):
             raise ValueError(

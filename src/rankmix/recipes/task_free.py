@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from ..data.collate import encoder_features, pad_features, pad_id
-from ..task_inference import has_task_embeddings
+from ..task_inference import needs_prototypes
 from ..tasks.base import Example
 from .run import Run, load_data, subset
 
@@ -27,7 +27,8 @@ def texts_batch(run: Run, examples: Sequence[Example], device: torch.device) -> 
 
 
 def task_inferrer(run: Run) -> Callable[[Sequence[Example]], torch.Tensor]:
-    """A function from examples to their inferred task indices; fits the prototypes it needs first."""
+    """A function from examples (any number: batched as the run's batch size) to their inferred task
+    indices, on the CPU; fits the prototypes it needs first."""
     adapted = run.adapted
     if not adapted.method.task_routed:
         raise ValueError(
@@ -35,12 +36,14 @@ def task_inferrer(run: Run) -> Callable[[Sequence[Example]], torch.Tensor]:
             "(its task heads aside); evaluate without --task-free, predict with --task TASK"
         )
     device = next(adapted.parameters()).device
-    grown = len(adapted.adapter_config.group_configs()) > 1
-    if (grown or not has_task_embeddings(adapted)) and adapted.task_prototypes is None:
+    if needs_prototypes(adapted) and adapted.task_prototypes is None:
         fit_prototypes(run)
 
     def infer(examples: Sequence[Example]) -> torch.Tensor:
-        return adapted.infer_tasks(**texts_batch(run, examples, device))
+        size = run.config.train.batch_size
+        chunks = [examples[i : i + size] for i in range(0, len(examples), size)]
+        inferred = [adapted.infer_tasks(**texts_batch(run, chunk, device)).cpu() for chunk in chunks]
+        return torch.cat(inferred) if inferred else torch.zeros(0, dtype=torch.long)
 
     return infer
 
@@ -54,12 +57,10 @@ def fit_prototypes(run: Run) -> None:
 
 
 def _training_batches(run: Run, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
-    batch_size = run.config.train.batch_size
-    t_cfg = run.config.train
-    seed = t_cfg.seed if t_cfg.data_seed is None else t_cfg.data_seed
-    for t, examples in enumerate(run.train_sets):
-        kept = subset(examples, PROTOTYPE_EXAMPLES, seed)
-        for start in range(0, len(kept), batch_size):
-            chunk = kept[start : start + batch_size]
-            ids = torch.full((len(chunk),), t, dtype=torch.long, device=device)
+    t = run.config.train
+    for task, examples in enumerate(run.train_sets):
+        kept = subset(examples, PROTOTYPE_EXAMPLES, t.sampling_seed)
+        for start in range(0, len(kept), t.batch_size):
+            chunk = kept[start : start + t.batch_size]
+            ids = torch.full((len(chunk),), task, dtype=torch.long, device=device)
             yield texts_batch(run, chunk, device) | {"task_ids": ids}

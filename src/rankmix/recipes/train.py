@@ -167,8 +167,8 @@ def param_groups(run: Run) -> list[dict]:
         routers = {
             id(p)
             for _, m in run.adapted.adapted_modules()
-            for _, router, _, _ in m.parts()
-            for p in router.parameters()
+            for part in m.parts()
+            for p in part.router.parameters()
         }
         groups = [
             {"params": [p for p in adapter if id(p) not in routers]},
