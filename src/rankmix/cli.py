@@ -174,7 +174,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         ranks = sorted({x for r in rows for x in r})
         print(f"{layer!s:>5} {len(rows):>7} {','.join(map(str, experts)):>8} {','.join(map(str, ranks)):<20}")
     if adapted.method.task_routed:
-        when = "" if trained else ", at initialisation (an untrained recipe: training moves them)"
+        grown = not trained and cfg.init_from  # the trained tasks' selections as the run left them
+        when = "" if trained or grown else ", at initialisation (an untrained recipe: training moves them)"
         print(f"\nselected rank per task and layer (mean over the layer's modules{when}):")
         for task, ranks in selected_ranks_by_layer(adapted).items():
             print(f"  {task:<16} " + " ".join(f"{r:.1f}" for r in ranks))
