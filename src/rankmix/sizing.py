@@ -102,13 +102,17 @@ def parameter_counts(model: nn.Module, config: AdapterConfig) -> dict[str, int]:
     so `model` may be a meta-device skeleton; it is left unchanged. Expert banks are counted from their
     shapes: ExpertBank takes ~75 us per expert to build even on meta (38 s for 2468 in every module of
     SmolLM2)."""
-    return _counts(model, config)
+    return _counts(model, _group_plans(model, config))
 
 
-def _counts(model: nn.Module, config: AdapterConfig) -> dict[str, int]:
+def _group_plans(model: nn.Module, config: AdapterConfig) -> list[tuple[AdapterConfig, list[_Module]]]:
+    """Each group of tasks' config and plan: every group has its own experts and routers."""
+    return [(group, _plan(model, group)) for group in config.group_configs()]
+
+
+def _counts(model: nn.Module, plans: list[tuple[AdapterConfig, list[_Module]]]) -> dict[str, int]:
     adapter = router = 0
-    for group in config.group_configs():  # each group of tasks has its own experts and routers
-        plan = _plan(model, group)
+    for group, plan in plans:
         adapter += sum(m.components * (m.d_in + m.d_out) for m in plan)
         router += sum(_router_sizes(group, plan))
     base = sum(p.numel() for p in model.parameters())
@@ -176,8 +180,9 @@ def estimate_size(
     under `mixed_precision`), per adapted module 3 x its rank components + 4 x its experts, and for a
     model with an LM head 3 x vocabulary size (these two in float32). Not counted: encoder task heads,
     other buffers."""
-    plan = [m for group in config.group_configs() for m in _plan(model, group)]
-    counts = _counts(model, config)
+    plans = _group_plans(model, config)
+    plan = [m for _, group_plan in plans for m in group_plan]
+    counts = _counts(model, plans)
     tokens = batch_size * max_length
     # the blocks are the modules where a layer index first appears in a name (encoder and decoder ones)
     blocks = sum(
