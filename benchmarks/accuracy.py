@@ -247,6 +247,20 @@ GLUE_ALLOCATION = (
     _glue("lora", "lora-r25", "method.r=25", "method.alpha=50"),
     _glue("more", "more-auto-spectral", "method.max_rank=auto", "method.budget=643104"),
 )
+# The same on Commonsense-CPU (one seed): HiLo "2468"/"2468"'s 9,480,192 trainable parameters on SmolLM2
+COMMONSENSE_ALLOCATION = (
+    _commonsense(
+        "hilo", "hilo-auto-spectral", "method.experts=auto", "method.ranks=auto", "method.budget=9480192"
+    ),
+    _commonsense(
+        "hilo",
+        "hilo-auto-probe",
+        "method.experts=auto",
+        "method.ranks=auto",
+        "method.budget=9480192",
+        "method.allocator=probe",
+    ),
+)
 # Adding tasks (README: "Adding tasks to a trained run"): MoRE trained on five GLUE-CPU tasks, then rte and
 # stsb added in 300 more steps, joint or frozen; glue/more trained all seven from the start
 OLD_FIVE = "tasks=[cola,sst2,mrpc,qnli,qqp]"
@@ -286,6 +300,12 @@ SUITES = {
         baseline="glue/hilo",
         headline_tasks=GLUE_HEADLINE,
         references=("glue/hilo", "glue/mola", "glue/lora", "glue/more"),
+    ),
+    "commonsense-allocation": Suite(
+        COMMONSENSE_ALLOCATION,
+        seeds=(0,),
+        baseline="commonsense/hilo",
+        references=("commonsense/hilo", "commonsense/mola", "commonsense/lora"),
     ),
     "glue-hilo-study": Suite(
         GLUE_HILO_STUDY,
