@@ -248,18 +248,10 @@ GLUE_ALLOCATION = (
     _glue("more", "more-auto-spectral", "method.max_rank=auto", "method.budget=643104"),
 )
 # The same on Commonsense-CPU (one seed): HiLo "2468"/"2468"'s 9,480,192 trainable parameters on SmolLM2
+AUTO_HILO_SMOLLM2 = ("method.experts=auto", "method.ranks=auto", "method.budget=9480192")
 COMMONSENSE_ALLOCATION = (
-    _commonsense(
-        "hilo", "hilo-auto-spectral", "method.experts=auto", "method.ranks=auto", "method.budget=9480192"
-    ),
-    _commonsense(
-        "hilo",
-        "hilo-auto-probe",
-        "method.experts=auto",
-        "method.ranks=auto",
-        "method.budget=9480192",
-        "method.allocator=probe",
-    ),
+    _commonsense("hilo", "hilo-auto-spectral", *AUTO_HILO_SMOLLM2),
+    _commonsense("hilo", "hilo-auto-probe", *AUTO_HILO_SMOLLM2, "method.allocator=probe"),
 )
 # Adding tasks (README: "Adding tasks to a trained run"): MoRE trained on five GLUE-CPU tasks, then rte and
 # stsb added in 300 more steps, joint or frozen; glue/more trained all seven from the start
