@@ -81,6 +81,18 @@ def moved(record: dict) -> float:
     return sum(before[t][m] != after[t][m] for t, m in pairs) / len(pairs)
 
 
+def old_tasks_change(grown: dict[int, dict], parent: dict[int, dict]) -> str:
+    """How a grown run's scores on the tasks of the run it grew from (same seed) moved: the paired change
+    of their average, and the largest change of one task's score over every seed."""
+    pairs = [(r, parent[s]) for s, r in grown.items() if s in parent]
+    if not pairs:
+        return "-"
+    averages = [paired_difference(r, p, None) for r, p in pairs]
+    scores = [(r["results"]["tasks"], p["results"]["tasks"]) for r, p in pairs]
+    largest = max(abs(now[t]["score"] - before[t]["score"]) for now, before in scores for t in before)
+    return f"{mean_std(averages, '+')} ({largest:.4f})"
+
+
 def table(suite: str, records: dict[str, dict[int, dict]]) -> str:
     spec = SUITES[suite]
     tasks = list(
@@ -97,6 +109,9 @@ def table(suite: str, records: dict[str, dict[int, dict]]) -> str:
         "active/token",
     ]
     head += ["tasks differ", "moved", "wall (s)"]
+    parents = {v.name: v.init_from for v in spec.variants if v.init_from}
+    if parents:
+        head.append("old tasks: Δ vs parent (max |Δ|)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, by_seed in records.items():
         runs = list(by_seed.values())
@@ -123,6 +138,8 @@ def table(suite: str, records: dict[str, dict[int, dict]]) -> str:
         tracked = [r for r in runs if selects and "initial_selected_ranks" in r["details"]]
         cells.append(mean_std([moved(r) for r in tracked]) if tracked else "-")
         cells.append(f"{statistics.mean(r['wall_time_s_total'] for r in runs):.0f}")
+        if parents:
+            cells.append(old_tasks_change(by_seed, records.get(parents.get(name), {})))
         lines.append("| " + " | ".join(cells) + " |")
     commits = sorted({r["provenance"]["git_commit"][:10] for v in records.values() for r in v.values()})
     lines.append("")
@@ -133,6 +150,12 @@ def table(suite: str, records: dict[str, dict[int, dict]]) -> str:
         "paired Δ: per-seed difference of the average; tasks differ: share of adapted modules in which "
         "two or more tasks select different ranks; moved: share of (task, module) selections that changed "
         "during training."
+        + (
+            " Old tasks: a grown run's scores on the tasks of the run it grew from, against that run's "
+            "(same seed)."
+            if parents
+            else ""
+        )
     )
     if spec.headline_tasks:
         lines.append(f"The average counts {', '.join(spec.headline_tasks)} only (see the protocol).")
