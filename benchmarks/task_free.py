@@ -27,7 +27,7 @@ from accuracy import SUITES, provenance
 from rankmix.files import write_json, write_text
 from rankmix.recipes.predict import predict_inferred
 from rankmix.recipes.run import evaluate_run, open_run
-from rankmix.recipes.task_free import fit_prototypes, task_inferrer
+from rankmix.recipes.task_free import task_inferrer
 from rankmix.task_inference import has_task_embeddings
 from rankmix.tasks import get_task
 from render import MARKDOWN, replace_section
@@ -50,9 +50,7 @@ def measure(run_dir: Path, data_dir: str) -> dict:
     record = {"run": str(run_dir), "method": run.adapted.adapter_config.method, "given": given, "rules": {}}
     for rule in rules:
         run.adapted.task_prototypes = None
-        if rule == "prototypes":
-            fit_prototypes(run)
-        infer = task_inferrer(run)
+        infer = task_inferrer(run, prototypes=rule == "prototypes")
         inferred: dict[int, torch.Tensor] = {}  # each dev set's, as evaluation inferred them
 
         def remembered(rows, infer=infer, inferred=inferred):

@@ -179,6 +179,7 @@ def test_task_free_evaluation_routes_by_the_inferred_tasks(small_runs, tmp_path,
     reported = json.loads(out.read_text())
     run, _ = open_run(run_dir, [], splits=("train", "dev"))
     infer, t = task_inferrer(run), run.config.train
+    assert run.adapted.task_prototypes is not None  # every method, MoRE too: they identify tasks best
     run.model.eval()
     for index, (task, rows) in enumerate(zip(run.tasks, run.dev_sets, strict=True)):
         inferred = infer(rows)

@@ -1,9 +1,10 @@
 """A trained run used without task ids: `rankmix eval RUN --task-free` and `rankmix predict RUN --task
 auto`. Each example's task is inferred from its texts (task_inference.py), encoded as the tokenizer
-encodes a text pair, without any task's prompt (the task is what is not known). MoRE recognises tasks by
-its task embeddings; Multi-LoRA, MoELoRA and a grown MoRE (whose groups' embeddings were never trained
-against each other) by task prototypes, fit here on the run's training examples (at most
-PROTOTYPE_EXAMPLES of each task, drawn with the data seed; a forward of the base over them)."""
+encodes a text pair, without any task's prompt (the task is what is not known). Every method recognises
+tasks by task prototypes here, fit on the run's training examples (at most PROTOTYPE_EXAMPLES of each
+task, drawn with the data seed; a forward of the base over them): Multi-LoRA, MoELoRA and a grown MoRE
+have nothing else, and on GLUE-CPU they identify 80% of a task's dev rows (the mean over seven tasks)
+where MoRE's own task embeddings identify 21% (BENCHMARKS.md, "Routing without task ids")."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from ..data.collate import encoder_features, pad_features, pad_id
-from ..task_inference import needs_prototypes
 from ..tasks.base import Example
 from .run import Run, load_data, subset
 
@@ -26,9 +26,11 @@ def texts_batch(run: Run, examples: Sequence[Example], device: torch.device) -> 
     return {k: v.to(device) for k, v in pad_features(rows, pad_id(run.tokenizer)).items()}
 
 
-def task_inferrer(run: Run) -> Callable[[Sequence[Example]], torch.Tensor]:
+def task_inferrer(run: Run, prototypes: bool = True) -> Callable[[Sequence[Example]], torch.Tensor]:
     """A function from examples (any number: batched as the run's batch size) to their inferred task
-    indices, on the CPU; fits the prototypes it needs first."""
+    indices, on the CPU; fits the task prototypes first unless the model has them. `prototypes=False`
+    infers as the model stands (MoRE without prototypes: its task embeddings; benchmarks/task_free.py
+    compares the two rules)."""
     adapted = run.adapted
     if not adapted.method.task_routed:
         raise ValueError(
@@ -36,8 +38,10 @@ def task_inferrer(run: Run) -> Callable[[Sequence[Example]], torch.Tensor]:
             "(its task heads aside); evaluate without --task-free, predict with --task TASK"
         )
     device = next(adapted.parameters()).device
-    if needs_prototypes(adapted) and adapted.task_prototypes is None:
-        fit_prototypes(run)
+    if prototypes and adapted.task_prototypes is None:
+        if not run.train_sets:
+            run.train_sets = load_data(run.config, run.tasks, ("train",))["train"]
+        adapted.fit_task_prototypes(_training_batches(run, device))
 
     def infer(examples: Sequence[Example]) -> torch.Tensor:
         size = run.config.train.batch_size
@@ -46,14 +50,6 @@ def task_inferrer(run: Run) -> Callable[[Sequence[Example]], torch.Tensor]:
         return torch.cat(inferred) if inferred else torch.zeros(0, dtype=torch.long)
 
     return infer
-
-
-def fit_prototypes(run: Run) -> None:
-    """Fit the adapter's task prototypes on the run's training rows (at most PROTOTYPE_EXAMPLES a task),
-    reading them first where the run was opened without them."""
-    if not run.train_sets:
-        run.train_sets = load_data(run.config, run.tasks, ("train",))["train"]
-    run.adapted.fit_task_prototypes(_training_batches(run, next(run.adapted.parameters()).device))
 
 
 def _training_batches(run: Run, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
