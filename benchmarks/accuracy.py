@@ -274,7 +274,13 @@ GLUE_GROWTH = (
 SUITES = {
     # routing without task ids (benchmarks/task_free.py evaluates these runs): the task-routed methods
     "task-free": Suite(
-        (_glue("more"), _glue("multilora"), _glue("moelora")),
+        (
+            _glue("more"),
+            _glue("multilora"),
+            _glue("moelora"),
+            # the recipe's [CLS] pooling leaves MoRE's embeddings blind to the task (BENCHMARKS.md)
+            _glue("more", "more-mean-pooling", "method.pooling=mean"),
+        ),
         seeds=(0,),
         baseline="more",
         headline_tasks=GLUE_HEADLINE,

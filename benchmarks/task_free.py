@@ -119,14 +119,14 @@ def table(records: list[dict]) -> str:
     tasks inferred and given, and where the unseen tasks' rows go."""
     headline = SUITES[SUITE].headline_tasks
     tasks = list(records[0]["given"])
-    head = ["method", "seed", "rule", *tasks, "average: inferred / given"]
+    head = ["run", "method", "rule", *tasks, "average: inferred / given"]
     head += [f"{u}: routed to, accuracy" for u in UNSEEN]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for record in records:
         given = statistics.mean(record["given"][t]["score"] for t in headline)
         for rule, result in record["rules"].items():
             scores = result["tasks"]
-            cells = [record["method"], str(record["seed"]), rule]
+            cells = [Path(record["run"]).name, record["method"], rule]
             cells += [f"{scores[t]['task_accuracy']:.3f}" for t in tasks]
             cells.append(f"{statistics.mean(scores[t]['score'] for t in headline):.3f} / {given:.3f}")
             for name in UNSEEN:
