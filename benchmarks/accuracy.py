@@ -270,6 +270,8 @@ GLUE_GROWTH = (
         )
         for mode in ("joint", "frozen")
     ),
+    # glue/more's seed-0 run again, for its wall time beside the growth runs' (same machine and load)
+    Variant("more-all7", "configs/glue-minilm-more.yaml", (), (0,)),
 )
 SUITES = {
     # routing without task ids (benchmarks/task_free.py evaluates these runs): the task-routed methods
