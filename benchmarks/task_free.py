@@ -28,7 +28,7 @@ from rankmix.files import write_json, write_text
 from rankmix.recipes.predict import predict_inferred
 from rankmix.recipes.run import evaluate_run, open_run
 from rankmix.recipes.task_free import task_inferrer
-from rankmix.task_inference import has_task_embeddings
+from rankmix.task_inference import needs_prototypes
 from rankmix.tasks import get_task
 from render import MARKDOWN, replace_section
 
@@ -46,10 +46,10 @@ def measure(run_dir: Path, data_dir: str) -> dict:
     run.model.eval()
     given = json.loads((run_dir / "results.json").read_text())["tasks"]
     names = [t.name for t in run.tasks]
-    rules = ["embeddings", "prototypes"] if has_task_embeddings(run.adapted) else ["prototypes"]
+    # embeddings first: the prototypes, once fit, would be what the model reads
+    rules = ["prototypes"] if needs_prototypes(run.adapted) else ["embeddings", "prototypes"]
     record = {"run": str(run_dir), "method": run.adapted.adapter_config.method, "given": given, "rules": {}}
     for rule in rules:
-        run.adapted.task_prototypes = None
         infer = task_inferrer(run, prototypes=rule == "prototypes")
         inferred: dict[int, torch.Tensor] = {}  # each dev set's, as evaluation inferred them
 
